@@ -1,0 +1,1 @@
+"""Evaluators: metrics computed on inpainted outputs."""

@@ -1,0 +1,1 @@
+"""Flax linen modules: StyleGAN2/MAT building blocks, the PSM generator and discriminator."""
