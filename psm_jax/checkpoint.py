@@ -1,0 +1,146 @@
+"""Orbax checkpoints of the whole training run, and the ``digest`` reproducibility tool.
+
+A checkpoint step directory holds three items:
+
+* ``state``: the train-state pytree (G, D, G_ema, both optimizer states, ADA p, the step),
+* ``data``: the grain iterator state (one JSON per process), so the input order resumes exactly,
+* ``meta``: JSON with the resolved config, library versions and the git SHA.
+
+Saves are asynchronous; a partially written step (preemption mid-save) is left as
+``<step>.orbax-checkpoint-tmp`` and Orbax ignores it, so the previous step is restored.
+
+``python -m psm_jax.checkpoint digest WORKDIR`` prints the latest step and a SHA-256 over all
+saved state arrays in a canonical order (sorted key paths; dtype, shape and bytes of each), so
+two runs can be compared bit for bit whatever their device count.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "data", "meta")
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
+
+
+def make_manager(workdir: str | Path, *, keep: int = 3, async_save: bool = True,
+                 data_handler: bool = True) -> ocp.CheckpointManager:
+    """A manager over ``WORKDIR/checkpoints`` keeping the last ``keep`` steps."""
+    import grain  # local: grain pulls in absl flags machinery at import
+
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    names = ("state", "meta")
+    if data_handler:
+        handlers["data"] = grain.checkpoint.CheckpointHandler()
+        names = ITEMS
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+    return ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints", options=options,
+                                 item_names=names, item_handlers=handlers)
+
+
+def run_metadata(config_json: str) -> dict[str, Any]:
+    """What a checkpoint records about the run besides arrays."""
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {"config": config_json, "versions": versions, "git_sha": sha,
+            "python": sys.version.split()[0]}
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
+         meta: dict[str, Any], *, force: bool = False) -> bool:
+    import grain
+
+    args = {"state": ocp.args.PyTreeSave(state), "meta": ocp.args.JsonSave(meta)}
+    if data_iter is not None:
+        args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    return mngr.save(step, args=ocp.args.Composite(**args), force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
+            data_iter: Any) -> tuple[Any, dict[str, Any]]:
+    """Restores onto the shardings in ``abstract_state`` (any device count)."""
+    import grain
+
+    restore_args = jax.tree.map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype)
+        if isinstance(a, jax.ShapeDtypeStruct) and a.sharding is not None
+        else ocp.RestoreArgs(restore_type=np.ndarray), abstract_state)
+    args = {"state": ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args),
+            "meta": ocp.args.JsonRestore()}
+    if data_iter is not None:
+        args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out = mngr.restore(step, args=ocp.args.Composite(**args))
+    return out["state"], out["meta"]
+
+
+def _restore_numpy(mngr: ocp.CheckpointManager, step: int) -> Any:
+    tree = mngr.item_metadata(step)["state"]
+    tree = getattr(tree, "tree", tree)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(restore_args=restore_args)))
+    return out["state"]
+
+
+def tree_digest(tree: Any) -> str:
+    """SHA-256 over (path, dtype, shape, bytes) of every leaf, in sorted path order."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    h = hashlib.sha256()
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        arr = np.ascontiguousarray(np.asarray(leaf))
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(f"{arr.dtype.str}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def digest(workdir: str | Path) -> tuple[int, str]:
+    """(latest step, SHA-256 of its state) for a workdir; raises FileNotFoundError if none."""
+    ckpt_dir = Path(workdir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"{workdir}: no checkpoints/ directory")
+    mngr = make_manager(workdir, async_save=False, data_handler=False)
+    step = mngr.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{ckpt_dir}: no finished checkpoint")
+    return step, tree_digest(_restore_numpy(mngr, step))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m psm_jax.checkpoint",
+                                     description="Inspect psm_jax training checkpoints.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("digest", help="print the latest step and a SHA-256 over its saved arrays")
+    p.add_argument("workdir")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    try:
+        step, sha = digest(args.workdir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"step {step} sha256 {sha}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

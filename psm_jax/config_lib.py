@@ -1,0 +1,109 @@
+"""The training-config schema shared by every file in ``configs/`` (paper Sec. 4.2).
+
+Config files call :func:`base_config` and then change the few fields a variant needs
+(variants are small dicts in the config file, never copies of it). Every field the
+trainer reads exists here, so ``lock_config=True`` turns a typo in an override into an
+error. Where the paper is silent the default is what MAT (the authors' earlier model)
+does, and the comment says so.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses ``"variant,key=value,flag"`` (the part after ``:`` in ``--config``).
+
+    A bare word sets ``variant`` (first one) or a boolean flag that must be in ``defaults``.
+    Values are typed by their default, so ``res=256`` stays an int.
+    """
+    out = dict(defaults)
+    variant_set = False
+    for token in filter(None, (arg or "").split(",")):
+        if "=" in token:
+            key, value = token.split("=", 1)
+            if key not in defaults:
+                raise ValueError(f"config arg: unknown key {key!r}; expected one of {sorted(defaults)}")
+            default = defaults[key]
+            out[key] = type(default)(value) if default is not None else value
+        elif isinstance(defaults.get(token), bool):
+            out[token] = True
+        elif "variant" in defaults and not variant_set:
+            out["variant"], variant_set = token, True
+        else:
+            raise ValueError(f"config arg: cannot parse {token!r}")
+    return ml_collections.ConfigDict(out)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All trainer fields with the paper's 512 defaults (Places2, Sec. 4.2)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 625_000             # 20M images / batch 32 (Sec. 4.2)
+    c.batch_size = 32                   # global batch (Sec. 4.2)
+
+    # The generator's own fields live in config.model (filled by model_config()).
+    c.model = ml_collections.ConfigDict()
+
+    c.discriminator = ml_collections.ConfigDict(dict(
+        # MAT's train.py: channel_base 32768, channel_max 512, mbstd group 8 for the
+        # places/celeba configs (mat_modules.md sec. 11). The paper says D is "implemented as [25]".
+        channel_base=32768,
+        channel_max=512,
+        mbstd_group_size=8,
+        mbstd_num_channels=1,
+    ))
+
+    c.spread = ml_collections.ConfigDict(dict(
+        train_iters=2,                  # Sec. 4.2: "we iterate twice for training"
+        test_iters=4,                   # ... "and four times for testing"
+        schedule="linear",              # Table 4: linear is best
+        alpha=0.01,                     # Eq. 5; model E (no continuous sampling) sets 0
+        decoupled=True,                 # model D sets False: no NLL, losses on the sampled result
+        # Whether gradients flow from iteration t+1 back into iteration t. The paper is silent;
+        # each iteration is supervised on its own (Eq. 10 sums per-iteration losses), so by
+        # default the carry is a stop-gradient, like the noisy inputs of a diffusion model.
+        grad_through_iters=False,
+        remat=False,                    # jax.checkpoint on the scan body (memory vs compute)
+    ))
+
+    c.loss = ml_collections.ConfigDict(dict(
+        adv_weight=1.0,                 # lambda_1 (Eq. 10)
+        pcp_weight=2.0,                 # lambda_2
+        nll_weight=1e-4,                # lambda_3
+        l1_weight=0.0,                  # not in the paper; demo configs may turn it on
+        r1_gamma=10.0,                  # MAT's value for Places/CelebA 512
+        r1_interval=16,                 # lazy regularisation (StyleGAN2)
+        # Perceptual network weights: a local .npz of a torchvision ResNet-50 state dict.
+        # Empty means random weights, which must be asked for explicitly below.
+        perceptual_weights="",
+        perceptual_random_init=False,
+    ))
+
+    c.optim = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.0, b2=0.99, eps=1e-8))
+
+    c.ema = ml_collections.ConfigDict(dict(
+        kimg=10.0,                      # StyleGAN2: ema_kimg = batch * 10 / 32 -> 10 at batch 32
+        rampup=0.05,                    # StyleGAN2-ADA's ramp-up (as MAT's 'auto' cfg)
+    ))
+
+    c.ada = ml_collections.ConfigDict(dict(
+        enabled=True, target=0.6, interval=4, speed_kimg=500.0, p_init=0.0, max_p=1.0,
+    ))
+
+    c.data = ml_collections.ConfigDict()   # filled by the data pipeline defaults
+
+    c.mesh = ml_collections.ConfigDict(dict(
+        fsdp=1,                         # size of the parameter-sharding axis; the rest is data
+    ))
+    c.compute_dtype = "float32"         # "bfloat16": bf16 compute, f32 params and optimizer state
+
+    c.log_every = 50
+    c.sample_every = 5000
+    c.ckpt_every = 5000
+    c.keep_ckpts = 3
+    c.log_batch_digest = False          # log a SHA-256 of every batch (resume tests)
+    c.progress_bar = True
+    return c

@@ -1,0 +1,37 @@
+"""Entry point: ``python -m psm_jax.main --config configs/NAME.py[:variant] --workdir DIR``.
+
+Overrides use ml-collections syntax (``--config.batch_size=64``); the config is locked, so a
+misspelled key is an error. On multi-host pods ``jax.distributed.initialize()`` finds the
+cluster by itself; ``--coordinator/--num_processes/--process_id`` set it explicitly (local tests).
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file[:variant].", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of JAX processes.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    import jax
+    if FLAGS.coordinator or FLAGS.distributed:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    from psm_jax import train
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except train.TrainingDiverged as e:
+        print(f"error: training diverged: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,67 @@
+"""Training logs: stdout (a tqdm bar on a terminal), ``metrics.jsonl`` and TensorBoard events.
+
+TensorBoard files are written with tensorboardX, so no TensorFlow is needed. Only process 0
+logs. Every step's metrics go to ``metrics.jsonl`` (one JSON object per line, with ``step``);
+stdout and TensorBoard get every ``log_every``-th step via :meth:`RunLog.step`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunLog:
+    def __init__(self, workdir: Path, *, total_steps: int, start_step: int, enabled: bool = True,
+                 progress_bar: bool = True, images_per_step: int = 1, log_every: int = 1):
+        self.enabled = enabled
+        self.images_per_step = images_per_step
+        self.log_every = max(1, log_every)
+        self._t0, self._s0 = time.perf_counter(), start_step
+        self._bar = None
+        self._tb = None
+        self._jsonl = None
+        if not enabled:
+            return
+        self._jsonl = open(Path(workdir) / "metrics.jsonl", "a", buffering=1)
+        try:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(Path(workdir) / "tb"))
+        except ImportError:  # pragma: no cover - tensorboardX is in requirements
+            self._tb = None
+        if progress_bar and sys.stderr.isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def record(self, step: int, values: dict[str, Any]) -> None:
+        """Appends raw values (e.g. a batch digest) to metrics.jsonl."""
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+
+    def step(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self._t0
+        img_s = (step - self._s0) * self.images_per_step / max(elapsed, 1e-9)
+        values = {**values, "img_per_s": img_s}
+        self.record(step, values)
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, step)
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix(g=f"{values.get('g_loss', 0):.3f}",
+                                  d=f"{values.get('d_loss', 0):.3f}", refresh=False)
+        elif step % self.log_every == 0:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+            print(f"step {step}: {shown}", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()

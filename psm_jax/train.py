@@ -1,0 +1,199 @@
+"""``train_and_evaluate``: the PSM training job (paper Sec. 3.3 and 4.2), as one linear function.
+
+Sections: setup, mesh, data, models, state (fresh or resumed), compiled steps, loop
+(train, lazy R1, logging, samples, checkpoints, preemption), final save.
+
+The state is a plain dict pytree::
+
+    step, g_params, g_buffers, g_ema_params, d_params, g_opt, d_opt, ada{p, acc, n}
+
+The step RNG is ``fold_in(key(seed), step)``, so a resumed run draws the same numbers as an
+uninterrupted one, and with ``jax_threefry_partitionable`` the numbers do not depend on the
+device count either.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from psm_jax import checkpoint as ckpt
+from psm_jax import sharding as shd
+from psm_jax import train_step as ts
+from psm_jax.data import pipeline
+from psm_jax.models.discriminator import Discriminator
+from psm_jax.models.generator import Generator
+from psm_jax.run_log import RunLog
+
+log = logging.getLogger("psm_jax.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN/Inf; the last good checkpoint is kept."""
+
+
+def build_models(config: ml_collections.ConfigDict) -> ts.Models:
+    from psm_jax import perceptual
+
+    G = Generator(**config.model)
+    D = Discriminator(resolution=config.model.resolution, img_channels=3, **config.discriminator)
+    pcp_params, pcp_fn = (None, None)
+    if config.loss.pcp_weight:
+        pcp_params, pcp_fn = perceptual.make_perceptual_fn(config.loss)
+    return ts.Models(G, D, pcp_params, pcp_fn)
+
+
+def init_state(config: ml_collections.ConfigDict, models: ts.Models, key: jax.Array) -> dict:
+    """A fresh train state (pure; run it under jit with the state shardings)."""
+    R = config.model.resolution
+    k_g, k_latent, k_noise, k_d = jax.random.split(key, 4)
+    x = jnp.zeros((1, R, R, 3))
+    m = jnp.ones((1, R, R, 1))
+    g_vars = models.generator.init({"params": k_g, "latent": k_latent, "noise": k_noise},
+                                   x, m, m, 1.0 - m, jnp.zeros((1,)))
+    d_vars = models.discriminator.init(k_d, x, m)
+    g_params = g_vars["params"]
+    g_buffers = {k: v for k, v in g_vars.items() if k != "params"}
+    g_tx, d_tx = ts.make_optimizers(config)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "g_params": g_params,
+        "g_buffers": g_buffers,
+        "g_ema_params": jax.tree.map(jnp.copy, g_params),
+        "d_params": d_vars["params"],
+        "g_opt": g_tx.init(g_params),
+        "d_opt": d_tx.init(d_vars["params"]),
+        "ada": {"p": jnp.asarray(config.ada.p_init, jnp.float32),
+                "acc": jnp.zeros((), jnp.float32), "n": jnp.zeros((), jnp.int32)},
+    }
+
+
+def _batch_digest(batch: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(batch):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(batch[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains (or resumes) until ``config.total_steps``; returns the last logged metrics."""
+    # ------------------------------------------------------------------ setup
+    jax.config.update("jax_threefry_partitionable", True)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    config_json = config.to_json_best_effort(sort_keys=True)
+    if is_main:
+        (workdir / "config.json").write_text(config_json)
+
+    # ------------------------------------------------------------------ mesh
+    mesh = shd.make_mesh(config.mesh.fsdp)
+    shd.check_batch_size(config.batch_size, mesh)
+    batch_sharding = shd.batch_sharding(mesh)
+    replicated = shd.replicated(mesh)
+
+    # ------------------------------------------------------------------ data
+    data_iter = pipeline.make_train_iterator(
+        config.data, global_batch_size=config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+    # ------------------------------------------------------------------ models and state
+    models = build_models(config)
+    init_fn = lambda key: init_state(config, models, key)  # noqa: E731
+    abstract = jax.eval_shape(init_fn, jax.random.key(config.seed))
+    state_sh = shd.state_shardings(abstract, mesh)
+    mngr = ckpt.make_manager(workdir, keep=config.keep_ckpts)
+    latest = mngr.latest_step()
+    if latest is not None:
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract, state_sh)
+        state, _ = ckpt.restore(mngr, latest, target, data_iter)
+        log.warning("resumed from %s at step %d", mngr.directory, latest)
+    else:
+        state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.seed))
+    start_step = int(jax.device_get(state["step"]))
+    meta = ckpt.run_metadata(config_json)
+
+    # ------------------------------------------------------------------ compiled steps
+    train_step = jax.jit(ts.make_train_step(config, models),
+                         in_shardings=(state_sh, batch_sharding),
+                         out_shardings=(state_sh, replicated), donate_argnums=0)
+    r1_step = jax.jit(ts.make_r1_step(config, models),
+                      in_shardings=(state_sh, batch_sharding),
+                      out_shardings=(state_sh, replicated), donate_argnums=0)
+
+    # ------------------------------------------------------------------ preemption
+    preempted = {"flag": False}
+
+    def _on_sigterm(signum, frame):  # noqa: ARG001
+        preempted["flag"] = True
+    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+
+    # ------------------------------------------------------------------ loop
+    run_log = RunLog(workdir, total_steps=config.total_steps, start_step=start_step,
+                     enabled=is_main, progress_bar=config.progress_bar,
+                     images_per_step=config.batch_size, log_every=config.log_every)
+    sample_batch = None
+    pending: tuple[int, Any] | None = None   # metrics fetched one step late: no device stall
+    last: dict[str, Any] = {}
+
+    def _flush(pending_metrics):
+        step_done, metrics = pending_metrics
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+            raise TrainingDiverged(f"non-finite {', '.join(bad)} at step {step_done}; "
+                                   f"keeping the last good checkpoint in {mngr.directory}")
+        run_log.step(step_done, values)
+        return values
+
+    try:
+        for step in range(start_step, config.total_steps):
+            local = next(data_iter)
+            local = {k: v for k, v in local.items() if k in ("image", "mask")}
+            if sample_batch is None:
+                sample_batch = local
+            batch = pipeline.to_global_batch(local, batch_sharding)
+            if step % config.loss.r1_interval == 0 and config.loss.r1_gamma:
+                state, r1_metrics = r1_step(state, batch)
+            else:
+                r1_metrics = {}
+            state, metrics = train_step(state, batch)
+            metrics = {**metrics, **r1_metrics}
+            if config.log_batch_digest:
+                run_log.record(step + 1, {"batch_sha": _batch_digest(local)})
+            if pending is not None:
+                last = _flush(pending)
+            pending = (step + 1, metrics)
+            done = step + 1
+            if config.sample_every and done % config.sample_every == 0 and is_main:
+                from psm_jax.visualize import save_sample_grid
+                save_sample_grid(config, models, state, sample_batch, workdir / f"samples/{done:08d}.png")
+            if preempted["flag"] or done % config.ckpt_every == 0 or done == config.total_steps:
+                last = _flush(pending)       # never checkpoint a diverged state
+                pending = None
+                ckpt.save(mngr, done, state, data_iter, meta)
+            if preempted["flag"]:
+                mngr.wait_until_finished()
+                print(f"SIGTERM: saved checkpoint at step {done} in {mngr.directory}; exiting.",
+                      flush=True)
+                break
+        if pending is not None:
+            last = _flush(pending)
+    finally:
+        mngr.wait_until_finished()
+        run_log.close()
+        signal.signal(signal.SIGTERM, previous_handler)
+    return last

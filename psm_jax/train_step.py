@@ -1,0 +1,209 @@
+"""One PSM training step: the generator and discriminator updates (paper Sec. 3.3, 4.2).
+
+Design decisions where the paper is silent (each is a config field):
+
+* **What D sees.** As in MAT, D sees the *composited* prediction (known pixels pasted back,
+  ``m0 * x + (1 - m0) * pred``) together with the initial mask ``m0``. Every spread iteration's
+  prediction is shown to D, because Eq. 10 supervises every iteration.
+* **What is supervised.** With decoupled probabilistic modelling (``spread.decoupled``, the
+  paper's full model) the adversarial, perceptual and L1 terms see the mean ``mu_t`` and the NLL
+  (Eq. 1) trains only the variance (``sg[mu]``). Model D of Table 1 (``decoupled=False``) drops
+  the NLL and supervises the *sampled* result ``mu_t + sigma_t * z``, so the variance is trained
+  only through the adversarial and perceptual losses.
+* **Gradients between iterations** (``spread.grad_through_iters``, default off): the input of
+  iteration t+1 is treated as data, so each iteration is supervised on its own.
+* **D's fakes.** D is updated on the fakes produced in the same step by the pre-update G (one
+  spread per step instead of two). StyleGAN2 re-generates after the G update; with Adam's
+  small per-step change the difference is negligible and it saves a third of the step's FLOPs.
+* **R1** is lazy (every ``loss.r1_interval`` steps, scaled by the interval, with D's Adam lr and
+  betas rescaled by interval/(interval+1)), computed on augmented reals, as StyleGAN2-ADA.
+* **Mixed precision.** With ``compute_dtype=bfloat16`` parameters and inputs are cast inside
+  the loss functions, so gradients, parameters and optimizer state stay float32.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from psm_jax import augment as ada
+from psm_jax import losses
+from psm_jax.spread import pixel_spread
+
+State = dict[str, Any]
+
+
+class Models(NamedTuple):
+    generator: Any                     # flax module
+    discriminator: Any                 # flax module
+    perceptual_params: Any             # frozen ResNet-50 variables (or None)
+    perceptual_fn: Callable | None     # fn(params, x, y) -> scalar
+
+
+def _cast(tree: Any, dtype: jnp.dtype) -> Any:
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def make_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
+                                                                 optax.GradientTransformation]:
+    o = config.optim
+    g_tx = optax.adam(o.lr, b1=o.b1, b2=o.b2, eps=o.eps)
+    # D shares one Adam between its main and lazy-R1 steps; StyleGAN2 rescales both.
+    lr, b1, b2 = losses.lazy_reg_adam_hparams(o.lr, o.b1, o.b2, config.loss.r1_interval)
+    d_tx = optax.adam(lr, b1=b1, b2=b2, eps=o.eps)
+    return g_tx, d_tx
+
+
+def ema_beta(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
+    """StyleGAN2's EMA decay per step: a half-life in kimg, with a ramp-up early in training."""
+    batch = config.batch_size
+    ema_nimg = config.ema.kimg * 1000.0
+    if config.ema.rampup:
+        ema_nimg = jnp.minimum(ema_nimg, (step + 1).astype(jnp.float32) * batch * config.ema.rampup)
+    return 0.5 ** (batch / jnp.maximum(ema_nimg, 1e-8))
+
+
+def generator_apply_fn(models: Models, variables: Any, *, noise_mode: str = "random") -> Callable:
+    """The ``apply_fn(x, m0, m, u, t_frac, key)`` that :func:`pixel_spread` expects."""
+    def apply_fn(x, m0, m, u, t_frac, key):
+        k_latent, k_noise = jax.random.split(key)
+        return models.generator.apply(variables, x, m0, m, u, t_frac, noise_mode=noise_mode,
+                                      rngs={"latent": k_latent, "noise": k_noise})
+    return apply_fn
+
+
+def _d_logits(models: Models, d_params: Any, images: jax.Array, masks: jax.Array) -> jax.Array:
+    return models.discriminator.apply({"params": d_params}, images, masks).reshape(-1)
+
+
+def _augment(config, key, images, masks, p):
+    if not config.ada.enabled:
+        return images, masks
+    return ada.augment(key, images, masks, p, config.ada)
+
+
+def _g_loss(g_params, state, batch, key, *, config, models):
+    dt = jnp.dtype(config.compute_dtype)
+    real, m0 = batch["image"], batch["mask"]
+    k_spread, k_sample, k_aug = jax.random.split(key, 3)
+    variables = {"params": _cast(g_params, dt), **state["g_buffers"]}
+    sp = config.spread
+    out = pixel_spread(generator_apply_fn(models, variables), real.astype(dt), m0.astype(dt),
+                       k_spread, num_iters=sp.train_iters, schedule=sp.schedule, alpha=sp.alpha,
+                       return_trajectory=True, remat=sp.remat,
+                       stop_grad_between_iters=not sp.grad_through_iters)
+    traj = jax.tree.map(lambda a: a.astype(jnp.float32), out["trajectory"])
+    mean_TBHWC, log_var_TBHWC = traj["mean"], traj["log_var"]
+    T, B = mean_TBHWC.shape[:2]
+    if sp.decoupled:
+        pred_TBHWC = mean_TBHWC
+    else:  # model D: supervise the sample; the variance gets gradients through it
+        z = jax.random.normal(k_sample, mean_TBHWC.shape)
+        pred_TBHWC = mean_TBHWC + jnp.exp(0.5 * log_var_TBHWC) * z
+    fake_TBHWC = m0 * real + (1.0 - m0) * pred_TBHWC
+    fake_NHWC = fake_TBHWC.reshape((T * B,) + fake_TBHWC.shape[2:])
+    m0_N = jnp.tile(m0, (T, 1, 1, 1))
+    real_N = jnp.tile(real, (T, 1, 1, 1))
+
+    # Eq. 10 sums per-iteration batch means; a mean over the T*B stack times T is the same.
+    aug_img, aug_mask = _augment(config, k_aug, fake_NHWC, m0_N, state["ada"]["p"])
+    fake_logits = _d_logits(models, state["d_params"], aug_img, aug_mask)
+    lw = config.loss
+    terms = {"g_adv": losses.g_adv_loss(fake_logits) * T}
+    if lw.pcp_weight and models.perceptual_fn is not None:
+        terms["g_pcp"] = models.perceptual_fn(models.perceptual_params, fake_NHWC, real_N) * T
+    if sp.decoupled and lw.nll_weight:
+        nll = losses.discretized_gaussian_nll(real_N, mean_TBHWC.reshape(real_N.shape),
+                                              log_var_TBHWC.reshape(real_N.shape))
+        terms["g_nll"] = losses.reduce_nll(nll, m0_N, region=lw.nll_region) * T
+    if lw.l1_weight:
+        terms["g_l1"] = losses.l1_loss(fake_NHWC, real_N, weight_mask=1.0 - m0_N) * T
+    weights = {"g_adv": lw.adv_weight, "g_pcp": lw.pcp_weight, "g_nll": lw.nll_weight,
+               "g_l1": lw.l1_weight}
+    total = sum(weights[k] * v for k, v in terms.items())
+    aux = {"fakes": jax.lax.stop_gradient(fake_NHWC), "masks": m0_N, "terms": terms,
+           "g_logits_fake": fake_logits.mean(),
+           "sigma_hole": (jnp.exp(0.5 * log_var_TBHWC) * (1 - m0)).sum() / jnp.maximum(
+               (1 - m0).sum() * T * 3, 1.0)}
+    return total, aux
+
+
+def _d_loss(d_params, state, batch, fakes, fake_masks, key, *, config, models):
+    k_real, k_fake = jax.random.split(key)
+    p = state["ada"]["p"]
+    real_img, real_mask = _augment(config, k_real, batch["image"], batch["mask"], p)
+    fake_img, fake_mask = _augment(config, k_fake, fakes, fake_masks, p)
+    real_logits = _d_logits(models, d_params, real_img, real_mask)
+    fake_logits = _d_logits(models, d_params, fake_img, fake_mask)
+    loss = losses.d_adv_loss(real_logits, fake_logits)
+    return loss, {"d_logits_real": real_logits.mean(), "d_logits_fake": fake_logits.mean(),
+                  "d_sign_real": jnp.sign(real_logits).mean()}
+
+
+def make_train_step(config: ml_collections.ConfigDict, models: Models) -> Callable:
+    """Returns ``train_step(state, batch) -> (state, metrics)`` (jit it with donation)."""
+    g_tx, d_tx = make_optimizers(config)
+    base_key = jax.random.key(config.seed)
+
+    def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
+        key = jax.random.fold_in(base_key, state["step"])
+        k_g, k_d = jax.random.split(key)
+        # ---- generator
+        (g_total, g_aux), g_grads = jax.value_and_grad(_g_loss, has_aux=True)(
+            state["g_params"], state, batch, k_g, config=config, models=models)
+        g_updates, g_opt = g_tx.update(g_grads, state["g_opt"], state["g_params"])
+        g_params = optax.apply_updates(state["g_params"], g_updates)
+        beta = ema_beta(config, state["step"])
+        g_ema = jax.tree.map(lambda p, e: p + (e - p) * beta, g_params, state["g_ema_params"])
+        # ---- discriminator
+        (d_total, d_aux), d_grads = jax.value_and_grad(_d_loss, has_aux=True)(
+            state["d_params"], state, batch, g_aux["fakes"], g_aux["masks"], k_d,
+            config=config, models=models)
+        d_updates, d_opt = d_tx.update(d_grads, state["d_opt"], state["d_params"])
+        d_params = optax.apply_updates(state["d_params"], d_updates)
+        # ---- ADA: accumulate sign(D(real)) and adjust p every `interval` steps
+        acc = state["ada"]["acc"] + d_aux["d_sign_real"]
+        n = state["ada"]["n"] + 1
+        due = n >= config.ada.interval
+        new_p = ada.update_p(state["ada"]["p"], acc / n, batch_size=config.batch_size,
+                             cfg=config.ada) if config.ada.enabled else state["ada"]["p"]
+        ada_state = {"p": jnp.where(due, new_p, state["ada"]["p"]),
+                     "acc": jnp.where(due, 0.0, acc), "n": jnp.where(due, 0, n)}
+        new_state = dict(state, step=state["step"] + 1, g_params=g_params, g_opt=g_opt,
+                         g_ema_params=g_ema, d_params=d_params, d_opt=d_opt, ada=ada_state)
+        metrics = {"g_loss": g_total, "d_loss": d_total, **g_aux["terms"],
+                   "g_grad_norm": optax.global_norm(g_grads),
+                   "d_grad_norm": optax.global_norm(d_grads),
+                   "d_logits_real": d_aux["d_logits_real"], "d_logits_fake": d_aux["d_logits_fake"],
+                   "ada_p": state["ada"]["p"], "sigma_hole": g_aux["sigma_hole"]}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_r1_step(config: ml_collections.ConfigDict, models: Models) -> Callable:
+    """The lazy R1 step: ``loss = mean(r1) * gamma / 2 * interval`` on D (StyleGAN2)."""
+    _, d_tx = make_optimizers(config)
+    base_key = jax.random.key(config.seed)
+
+    def r1_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
+        key = jax.random.fold_in(jax.random.fold_in(base_key, state["step"]), 1)
+
+        def loss_fn(d_params):
+            def logits_fn(images):
+                img, msk = _augment(config, key, images, batch["mask"], state["ada"]["p"])
+                return _d_logits(models, d_params, img, msk)
+            penalty = losses.r1_penalty(logits_fn, batch["image"])
+            return penalty.mean() * (config.loss.r1_gamma / 2) * config.loss.r1_interval, penalty
+
+        (loss, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["d_params"])
+        updates, d_opt = d_tx.update(grads, state["d_opt"], state["d_params"])
+        d_params = optax.apply_updates(state["d_params"], updates)
+        return dict(state, d_params=d_params, d_opt=d_opt), {"r1_penalty": penalty.mean(),
+                                                             "r1_loss": loss}
+
+    return r1_step
