@@ -107,3 +107,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_batch_digest = False          # log a SHA-256 of every batch (resume tests)
     c.progress_bar = True
     return c
+
+
+def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """Loads ``path/to/config.py[:arg]`` the way ``--config`` does, applies dotted overrides,
+    and locks it (so a misspelled override key raises)."""
+    import importlib.util
+    from pathlib import Path
+
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location(f"_psm_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    config.lock()
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = getattr(node, p)
+        setattr(node, leaf, value)
+    return config
