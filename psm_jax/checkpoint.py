@@ -113,6 +113,13 @@ def tree_digest(tree: Any) -> str:
     return h.hexdigest()
 
 
+def latest_step(workdir: str | Path) -> int | None:
+    """The latest finished checkpoint step in a workdir, or None."""
+    if not (Path(workdir) / "checkpoints").is_dir():
+        return None
+    return make_manager(workdir, async_save=False, data_handler=False).latest_step()
+
+
 def digest(workdir: str | Path) -> tuple[int, str]:
     """(latest step, SHA-256 of its state) for a workdir; raises FileNotFoundError if none."""
     ckpt_dir = Path(workdir) / "checkpoints"
