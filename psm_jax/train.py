@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -37,6 +39,8 @@ from psm_jax.models.generator import Generator
 from psm_jax.run_log import RunLog
 
 log = logging.getLogger("psm_jax.train")
+# Multi-process runs agree on a SIGTERM this often (a host sync; single-process runs never sync).
+PREEMPT_SYNC_EVERY = 10
 
 
 class TrainingDiverged(RuntimeError):
@@ -148,6 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     sample_batch = None
     pending: tuple[int, Any] | None = None   # metrics fetched one step late: no device stall
     last: dict[str, Any] = {}
+    stop = False
 
     def _flush(pending_metrics):
         step_done, metrics = pending_metrics
@@ -178,14 +183,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 last = _flush(pending)
             pending = (step + 1, metrics)
             done = step + 1
+            if jax.process_count() == 1:
+                stop = preempted["flag"]
+            elif done % PREEMPT_SYNC_EVERY == 0:
+                # Every process must agree to stop at the same step, or the save deadlocks.
+                stop = bool(multihost_utils.process_allgather(np.asarray(preempted["flag"])).any())
             if config.sample_every and done % config.sample_every == 0 and is_main:
                 from psm_jax.visualize import save_sample_grid
                 save_sample_grid(config, models, state, sample_batch, workdir / f"samples/{done:08d}.png")
-            if preempted["flag"] or done % config.ckpt_every == 0 or done == config.total_steps:
+            if stop or done % config.ckpt_every == 0 or done == config.total_steps:
                 last = _flush(pending)       # never checkpoint a diverged state
                 pending = None
                 ckpt.save(mngr, done, state, data_iter, meta)
-            if preempted["flag"]:
+                if os.environ.get("PSM_FAULT_KILL_AFTER_CKPT") == str(done):
+                    # Fault injection for the resume tests: die like a preempted VM would.
+                    mngr.wait_until_finished()
+                    os.kill(os.getpid(), signal.SIGKILL)
+            if stop:
                 mngr.wait_until_finished()
                 print(f"SIGTERM: saved checkpoint at step {done} in {mngr.directory}; exiting.",
                       flush=True)
