@@ -214,6 +214,9 @@ def random_mask(
     d = _Draws(rng)
     coef = min(lo + hi, 1.0)
     k_a, k_b, k_s = (max(1, int(k * coef)) for k in (cfg.box_count_a, cfg.box_count_b, cfg.stroke_count))
+    if max(k_a, k_b, k_s) <= 1:
+        # randint(1) is always 0: nothing would ever be drawn (MAT would crash on randint(0)).
+        raise ValueError(f"hole_range {tuple(hole_range)!r} scales every shape count of {kind!r} to zero")
     s = cfg.resolution
     for _ in range(max_attempts):
         known_u8, holes = _attempt(d, cfg, k_a, k_b, k_s)
