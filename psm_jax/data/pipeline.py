@@ -1,0 +1,356 @@
+"""The grain input pipeline: training and evaluation batches (paper Sec. 4.1; MAT masks).
+
+Training (``make_train_iterator``), per JAX process::
+
+    source -> tag record index -> this process's shard [p::P] -> shuffle(seed) -> repeat (reshuffled
+    per epoch) -> decode -> random map (flip, crop, mask) -> to_iter_dataset -> [mp_prefetch]
+    -> drop + count corrupt records -> batch -> thread prefetch
+
+Design points:
+
+* **Worker-count independence.** Everything up to the random map is a one-to-one ``MapDataset``
+  op, and its per-record RNG comes from (seed, position), so element ``k`` is the same whatever
+  the number of workers. ``mp_prefetch`` hands worker ``w`` the positions ``w::W`` and reads the
+  workers round-robin, which restores the global order exactly as long as each worker emits
+  exactly one element per position. So the many-to-one steps, dropping corrupt records and
+  batching, run *after* ``mp_prefetch`` in the main process (grain's own ``mp_prefetch`` docs
+  warn that a filter before it makes output depend on the worker count).
+* **Corrupt files.** ``Decode`` turns an unreadable record into a marker element; the drop step
+  removes it before batching, so a skip never changes the batch size, and adds a
+  ``"skipped"`` count (int32, per element: records dropped just before this one) to the
+  batch. ``batch["skipped"].sum()`` is therefore the number of records skipped while that batch
+  was filled, computed in the main process even with workers, and ``skipped_total()`` is the
+  running count for this process; each skip also logs one warning line.
+* **Resume.** The iterator's state is grain's position state, so Orbax
+  (``grain.checkpoint.CheckpointSave``) restores it at the exact next batch. Skips do not
+  disturb this: positions count records, not emitted elements, and the drop step holds no
+  state between batches (``skipped_total()`` counts from process start, not from the run's
+  start).
+* **Multi-host.** Each process reads records ``process_index::process_count`` of the source
+  (disjoint, together covering it) and yields ``global_batch_size // process_count``
+  examples; ``to_global_batch`` assembles global ``jax.Array``s on the mesh. The shuffle seed
+  is shared, the per-record augmentation seed is folded with the process index so shards do
+  not reuse the same crops and masks.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from psm_jax.data import sources, transforms
+from psm_jax.data.synthetic import SyntheticSource
+from psm_jax.data.transforms import CORRUPT, MaskFn
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+
+# Offset between the synthetic train and eval sources, so eval images are never training images.
+_SYNTHETIC_EVAL_SEED_OFFSET = 1_000_003
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """``config.data``: every field the pipeline reads, with its default."""
+    return ml_collections.ConfigDict(dict(
+        # Where training images come from: "synthetic" (procedural, synthetic.py), "folder"
+        # (recursive jpg/png/webp/bmp under `path`) or "tfds" (tfds.data_source, ArrayRecord).
+        source="synthetic",
+        path="",                        # folder source: root folder of the training images
+        tfds_name="",                   # tfds source: dataset name, e.g. "places365_small" or a build_tfds name
+        tfds_split="train",             # tfds source: training split
+        tfds_data_dir="",               # tfds source: data_dir ("" = TFDS default, ~/tensorflow_datasets)
+        tfds_image_key="image",         # tfds source: name of the image feature
+        synthetic_size=10_000,          # synthetic source: number of training records
+        resolution=512,                 # crop size R (paper: 512; 256 for the 256 models)
+        resize_short=0,                 # >0: resize the shorter side to this before cropping (0 = never)
+        mask_kind="large",              # training mask preset: "large" or "small" (MAT's generators)
+        hole_range=(0.0, 1.0),          # keep masks whose hole ratio is strictly inside (MAT default [0, 1])
+        num_workers=0,                  # grain worker processes per JAX process (0 = in-process)
+        read_threads=2,                 # threads per process (or per worker) running decode/augment
+        prefetch=4,                     # elements buffered per worker / per read thread
+        batch_prefetch=2,               # with workers: batches prefetched by a main-process thread
+        seed=0,                         # data seed, mixed with the trainer's seed (and the synthetic images' seed)
+        # Evaluation (make_eval_dataset). Same source kind as training:
+        eval_path="",                   # folder source: root folder of the evaluation images
+        eval_split="validation",        # tfds source: evaluation split
+        eval_synthetic_size=1_000,      # synthetic source: number of evaluation records
+        eval_mask_dir="",               # fixed mask PNGs (255 = known), paired by sorted name; "" = seeded masks
+        eval_mask_invert=False,         # the mask PNGs use 255 = hole
+        eval_mask_kind="large",         # seeded eval masks: preset
+    ))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _derive_seed(*parts: int | str) -> int:
+    """A uint32 seed from any mix of ints and strings (grain wants seeds in [0, 2**32))."""
+    ints = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") % (2**63) for p in parts]
+    return int(np.random.SeedSequence([abs(i) for i in ints]).generate_state(1)[0])
+
+
+def default_mask_fn(hole_range: tuple[float, float] = (0.0, 1.0)) -> MaskFn:
+    """``psm_jax.data.masks.random_mask`` (MAT's free-form generator), the one mask entry point."""
+    from psm_jax.data.masks import random_mask  # lazy: the trainer may inject its own
+
+    hole_range = tuple(float(h) for h in hole_range)
+    if hole_range == (0.0, 1.0):
+        return random_mask
+    return functools.partial(random_mask, hole_range=hole_range)
+
+
+class _Tag(grain.transforms.MapWithIndex):
+    """Source record -> ``{"raw", "name", "index"}`` with the record's index in the source."""
+
+    def __init__(self, num_records: int):
+        self.num_records = num_records
+
+    def map_with_index(self, index: int, record: Any) -> dict[str, Any]:
+        # Downstream `repeat` asks for positions past the end; the source wraps them, so must we.
+        index = index % self.num_records
+        if isinstance(record, dict):
+            return {"raw": record["raw"], "name": record.get("name", str(index)), "index": index}
+        return {"raw": record, "name": str(index), "index": index}
+
+
+class _DropCorruptIterDataset(grain.IterDataset):
+    """Drops corrupt-record markers, stamping ``"skipped"`` on the next good element."""
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _DropCorruptIterator(self._parent.__iter__())
+
+    def __str__(self) -> str:
+        return "DropCorruptIterDataset"
+
+
+_SKIPPED_TOTAL = 0
+
+
+def skipped_total() -> int:
+    """Records skipped as unreadable by this process's pipelines since it started."""
+    return _SKIPPED_TOTAL
+
+
+class _DropCorruptIterator(grain.DatasetIterator):
+    def __next__(self) -> dict[str, Any]:
+        global _SKIPPED_TOTAL
+        skipped = 0
+        while True:
+            element = next(self._parent)
+            if CORRUPT not in element:
+                break
+            skipped += 1
+            _SKIPPED_TOTAL += 1
+            log.warning("skipped unreadable record %s (index %d); %d skipped so far in this process",
+                        element[CORRUPT], int(element["index"]), _SKIPPED_TOTAL)
+        element["skipped"] = np.int32(skipped)
+        return element
+
+    # Stateless between elements: the parent's position state is the whole state.
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+
+def _ensure_absl_flags_parsed() -> None:
+    # grain's worker processes read absl flags (STACK_NOTES e, pitfall 2); outside absl.app.run
+    # (pytest, notebooks) nobody parsed them, so accept the defaults explicitly.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_source(cfg: ml_collections.ConfigDict, *, train: bool = True):
+    """The random-access source named by ``cfg.source`` (train or eval split)."""
+    if cfg.source == "synthetic":
+        if train:
+            return SyntheticSource(cfg.synthetic_size, cfg.resolution, seed=cfg.seed)
+        return SyntheticSource(cfg.eval_synthetic_size, cfg.resolution, seed=cfg.seed + _SYNTHETIC_EVAL_SEED_OFFSET)
+    if cfg.source == "folder":
+        path = cfg.path if train else cfg.eval_path
+        if not path:
+            raise ValueError(f"config.data.{'path' if train else 'eval_path'} is empty; the folder source needs it")
+        return sources.FolderSource(path)
+    if cfg.source == "tfds":
+        if not cfg.tfds_name:
+            raise ValueError("config.data.tfds_name is empty; the tfds source needs a dataset name")
+        return sources.TfdsSource(cfg.tfds_name, cfg.tfds_split if train else cfg.eval_split,
+                                  cfg.tfds_data_dir or None, cfg.tfds_image_key)
+    raise ValueError(f"config.data.source={cfg.source!r}: expected 'synthetic', 'folder' or 'tfds'")
+
+
+def _check_config(cfg: ml_collections.ConfigDict) -> None:
+    if cfg.mask_kind not in ("large", "small"):
+        raise ValueError(f"config.data.mask_kind={cfg.mask_kind!r}: expected 'large' or 'small'")
+    if cfg.resolution < 8:
+        raise ValueError(f"config.data.resolution={cfg.resolution}: expected >= 8")
+    if cfg.num_workers < 0:
+        raise ValueError(f"config.data.num_workers={cfg.num_workers}: expected >= 0")
+
+
+def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, batch_size: int, drop_remainder: bool,
+            num_workers: int) -> grain.IterDataset:
+    """Workers (one element in, one out) -> drop corrupt -> batch -> background batch prefetch."""
+    if num_workers > 0:
+        _ensure_absl_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=num_workers, per_worker_buffer_size=max(1, cfg.prefetch)))
+    ds = _DropCorruptIterDataset(ds)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    # A background thread overlaps drop + batch (np.stack) with the trainer, but only when the
+    # elements come from worker processes: in-process, that daemon thread would drive grain's
+    # read-thread pool, and interpreter exit with both alive intermittently aborts the process
+    # ("FATAL: exception not rethrown", seen 1 in 3 runs).
+    if num_workers > 0 and cfg.batch_prefetch > 0:
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.batch_prefetch)
+    return ds
+
+
+def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
+    return grain.ReadOptions(num_threads=max(1, cfg.read_threads), prefetch_buffer_size=max(1, cfg.prefetch))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def make_train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
+                       process_index: int | None = None, process_count: int | None = None,
+                       mask_fn: MaskFn | None = None) -> grain.IterDataset:
+    """The infinite training ``IterDataset`` of process-local batches (see the module docstring)."""
+    _check_config(cfg)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size % process_count:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by process_count={process_count}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} outside [0, {process_count})")
+    mask_fn = default_mask_fn(tuple(cfg.hole_range)) if mask_fn is None else mask_fn
+
+    source = make_source(cfg, train=True)
+    if len(source) < process_count:
+        raise ValueError(f"{source!r} has fewer records than there are processes ({process_count})")
+    log.info("train source %r, process %d/%d", source, process_index, process_count)
+    ds = grain.MapDataset.source(source).map_with_index(_Tag(len(source)))
+    ds = ds[process_index::process_count]
+    ds = ds.shuffle(seed=_derive_seed(seed, cfg.seed, "shuffle"))
+    ds = ds.repeat(None)  # infinite; ShuffleMapDataset permutes each epoch with its own seed
+    ds = ds.map(transforms.Decode(cfg.resize_short))
+    ds = ds.random_map(transforms.TrainAugment(cfg.resolution, mask_fn, cfg.mask_kind),
+                       seed=_derive_seed(seed, cfg.seed, "augment", process_index))
+    ds = ds.to_iter_dataset(_read_options(cfg))
+    return _finish(ds, cfg, global_batch_size // process_count, True, cfg.num_workers)
+
+
+def make_train_iterator(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
+                        process_index: int | None = None, process_count: int | None = None,
+                        mask_fn: MaskFn | None = None) -> grain.DatasetIterator:
+    """An infinite iterator of process-local numpy batches (``global_batch_size // process_count``).
+
+    Batches: ``image`` float32 [b,R,R,3] in [-1,1], ``mask`` float32 [b,R,R,1] (1 = known),
+    ``index`` int64 [b] (record index in the source), ``skipped`` int32 [b]. The iterator has
+    ``get_state``/``set_state`` and works with ``grain.checkpoint.CheckpointSave``/``CheckpointRestore``.
+    ``mask_fn`` replaces ``psm_jax.data.masks.random_mask`` (tests, other mask families).
+    """
+    return iter(make_train_dataset(cfg, global_batch_size=global_batch_size, seed=seed,
+                                   process_index=process_index, process_count=process_count,
+                                   mask_fn=mask_fn))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class SeededMasks:
+    """Eval mask for record ``i``: ``mask_fn`` driven by an RNG seeded from (seed, i)."""
+
+    def __init__(self, seed: int, resolution: int, kind: str, mask_fn: MaskFn):
+        self.seed, self.resolution, self.kind, self.mask_fn = seed, resolution, kind, mask_fn
+
+    def __call__(self, index: int) -> np.ndarray:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
+        return self.mask_fn(rng, self.resolution, self.kind)
+
+
+class FileMasks:
+    """Eval mask for record ``i``: the i-th mask PNG of a folder, by sorted name (MAT's protocol)."""
+
+    def __init__(self, mask_dir: str, invert: bool = False):
+        self.paths = sorted(str(p) for p in Path(mask_dir).iterdir() if p.suffix.lower() == ".png")
+        if not self.paths:
+            raise ValueError(f"config.data.eval_mask_dir={mask_dir!r} holds no .png masks")
+        self.invert = invert
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __call__(self, index: int) -> np.ndarray:
+        from psm_jax.data.mask_io import load_mask
+
+        return load_mask(self.paths[index], invert=self.invert)
+
+
+def make_eval_dataset(cfg: ml_collections.ConfigDict, *, batch_size: int, num_images: int | None, seed: int,
+                      mask_fn: MaskFn | None = None) -> grain.IterDataset:
+    """Finite, deterministic, re-iterable batches of the first ``num_images`` eval records.
+
+    Centre crop (reflect pad if small) and fixed masks: the i-th PNG of ``eval_mask_dir`` for
+    record i if set, else ``mask_fn`` seeded from (seed, i). Same keys as training. The last
+    batch may be smaller than ``batch_size`` (it holds the remainder); unreadable records are
+    skipped (so a corrupt file reduces the count, and is reported in ``"skipped"``).
+    ``num_images=None`` (or <= 0) means the whole split.
+    """
+    _check_config(cfg)
+    source = make_source(cfg, train=False)
+    n = len(source) if not num_images or num_images <= 0 else int(num_images)
+    if n > len(source):
+        raise ValueError(f"eval: num_images={n} but {source!r} holds only {len(source)} records")
+    if cfg.eval_mask_dir:
+        masks = FileMasks(cfg.eval_mask_dir, cfg.eval_mask_invert)
+        if len(masks) < n:
+            raise ValueError(f"config.data.eval_mask_dir={cfg.eval_mask_dir!r} holds {len(masks)} masks, "
+                             f"fewer than the {n} eval images")
+        mask_for_index: Callable[[int], np.ndarray] = masks
+    else:
+        if mask_fn is None:
+            mask_fn = default_mask_fn(tuple(cfg.hole_range))
+        mask_for_index = SeededMasks(_derive_seed(seed, "eval_masks"), cfg.resolution, cfg.eval_mask_kind, mask_fn)
+    ds = grain.MapDataset.source(source).map_with_index(_Tag(len(source)))[:n]
+    ds = ds.map(transforms.Decode(cfg.resize_short))
+    ds = ds.map(transforms.EvalTransform(cfg.resolution, mask_for_index))
+    ds = ds.to_iter_dataset(_read_options(cfg))
+    return _finish(ds, cfg, batch_size, False, 0)
+
+
+# ----------------------------------------------------------------------------- device
+
+
+def to_global_batch(batch: Batch, sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+    """Process-local numpy batches -> global ``jax.Array``s, split along the batch axis.
+
+    ``sharding``'s spec applies to every array with at least as many dims; lower-rank arrays
+    (``index``, ``skipped``) use only its leading entries, i.e. stay sharded on the batch axis.
+    """
+    spec = tuple(sharding.spec)
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        s = sharding
+        if len(spec) > value.ndim:
+            s = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec[:value.ndim]))
+        out[key] = jax.make_array_from_process_local_data(s, value)
+    return out
+
+
+def iterate_global(it: Iterable[Batch], sharding: jax.sharding.NamedSharding) -> Iterable[dict[str, jax.Array]]:
+    """Convenience generator: ``to_global_batch`` over an iterator of local batches."""
+    for batch in it:
+        yield to_global_batch(batch, sharding)
