@@ -12,6 +12,8 @@ from typing import Any
 
 import ml_collections
 
+from psm_jax.augment import default_ada_config
+
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     """Parses ``"variant,key=value,flag"`` (the part after ``:`` in ``--config``).
@@ -89,9 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
         rampup=0.05,                    # StyleGAN2-ADA's ramp-up (as MAT's 'auto' cfg)
     ))
 
-    c.ada = ml_collections.ConfigDict(dict(
-        enabled=True, target=0.6, interval=4, speed_kimg=500.0, p_init=0.0, max_p=1.0,
-    ))
+    # ADA (StyleGAN2-ADA, as MAT/PSM train): target 0.6, p adjusted every 4 D steps.
+    c.ada = default_ada_config()
 
     c.data = ml_collections.ConfigDict()   # filled by the data pipeline defaults
 
