@@ -239,27 +239,46 @@ def test_eval_images_are_not_training_images():
     assert not np.array_equal(ev["image"][0], train_src[0].astype(np.float32) / 127.5 - 1)
 
 
-def test_eval_masks_from_a_mask_dir(tmp_path):
+def _stripe_mask(i: int, res: int = 16) -> np.ndarray:
+    m = np.ones((res, res), np.float32)
+    m[i:i + 4, :] = 0
+    return m
+
+
+def test_eval_masks_from_a_mask_dir_pair_by_file_name(tmp_path):
     mixed_folder(tmp_path / "img")
-    masks = []
+    names = sorted(p.name for p in (tmp_path / "img").iterdir())
     (tmp_path / "masks").mkdir()
-    for i in range(8):
-        m = np.ones((16, 16), np.float32)
-        m[i:i + 4, :] = 0
-        mask_io.save_mask(tmp_path / "masks" / f"{i:03d}.png", m)
-        masks.append(m)
+    for i, name in enumerate(names):  # same stem, different extension and content per image
+        mask_io.save_mask(tmp_path / "masks" / (name.rsplit(".", 1)[0] + ".png"), _stripe_mask(i))
     cfg = _cfg(source="folder", eval_path=str(tmp_path / "img"), eval_mask_dir=str(tmp_path / "masks"))
     batches = list(pipeline.make_eval_dataset(cfg, batch_size=4, num_images=None, seed=0))
     idx = np.concatenate([b["index"] for b in batches])
     got = np.concatenate([b["mask"] for b in batches])[..., 0]
     assert len(idx) == 7  # the corrupt file is skipped
     for i, m in zip(idx, got):
-        np.testing.assert_array_equal(m, masks[i])
-    cfg.eval_mask_dir = str(tmp_path / "masks_few")
-    (tmp_path / "masks_few").mkdir()
-    mask_io.save_mask(tmp_path / "masks_few" / "0.png", masks[0])
-    with pytest.raises(ValueError, match="holds 1 masks, fewer than the 8"):
+        np.testing.assert_array_equal(m, _stripe_mask(i))
+    (tmp_path / "masks" / "gray.png").unlink()
+    with pytest.raises(ValueError, match="eval_mask_dir: 8 images but 7 mask files"):
         pipeline.make_eval_dataset(cfg, batch_size=4, num_images=None, seed=0)
+
+
+def test_eval_masks_from_a_mask_dir_by_order_for_unnamed_records(tmp_path):
+    (tmp_path / "masks").mkdir()
+    for i in range(3):
+        mask_io.save_mask(tmp_path / "masks" / f"m{i}.png", _stripe_mask(i))
+    cfg = _cfg(eval_mask_dir=str(tmp_path / "masks"))  # synthetic records have no names
+    b = next(iter(pipeline.make_eval_dataset(cfg, batch_size=3, num_images=3, seed=0)))
+    for i in range(3):
+        np.testing.assert_array_equal(b["mask"][i, ..., 0], _stripe_mask(i))
+    with pytest.raises(ValueError, match="holds 3 masks, fewer than the 4"):
+        pipeline.make_eval_dataset(cfg, batch_size=4, num_images=4, seed=0)
+
+
+def test_hole_range_reaches_the_real_generator():
+    it = _iter(_cfg(resolution=64, hole_range=(0.3, 0.6)), bs=8, mask_fn=None)
+    holes = [(next(it)["mask"] == 0).mean(axis=(1, 2, 3)) for _ in range(2)]
+    assert all(0.3 < h < 0.6 for h in np.concatenate(holes))
 
 
 def test_eval_num_images_beyond_source_is_an_error():

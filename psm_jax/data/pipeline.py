@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import grain
@@ -81,7 +80,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         eval_path="",                   # folder source: root folder of the evaluation images
         eval_split="validation",        # tfds source: evaluation split
         eval_synthetic_size=1_000,      # synthetic source: number of evaluation records
-        eval_mask_dir="",               # fixed mask PNGs (255 = known), paired by sorted name; "" = seeded masks
+        eval_mask_dir="",               # fixed mask files (255 = known), paired by name; "" = seeded masks
         eval_mask_invert=False,         # the mask PNGs use 255 = hole
         eval_mask_kind="large",         # seeded eval masks: preset
     ))
@@ -281,13 +280,10 @@ class SeededMasks:
 
 
 class FileMasks:
-    """Eval mask for record ``i``: the i-th mask PNG of a folder, by sorted name (MAT's protocol)."""
+    """Eval mask for record ``i``: ``paths[i]`` read with ``mask_io.load_mask`` (255 = known)."""
 
-    def __init__(self, mask_dir: str, invert: bool = False):
-        self.paths = sorted(str(p) for p in Path(mask_dir).iterdir() if p.suffix.lower() == ".png")
-        if not self.paths:
-            raise ValueError(f"config.data.eval_mask_dir={mask_dir!r} holds no .png masks")
-        self.invert = invert
+    def __init__(self, paths: list[str], invert: bool = False):
+        self.paths, self.invert = [str(p) for p in paths], invert
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -298,12 +294,36 @@ class FileMasks:
         return load_mask(self.paths[index], invert=self.invert)
 
 
+def _file_masks(cfg: ml_collections.ConfigDict, source: Any, n: int) -> FileMasks:
+    """Fixed masks from ``cfg.eval_mask_dir`` in the source's record order (MAT's protocol).
+
+    A folder source is paired by file name (``mask_io.pair_masks``: same stem or same trailing
+    number; counts must match), so a renamed or missing mask is an error, not a silent shift.
+    TFDS and synthetic records have no file names: record ``i`` gets the i-th mask by sorted name.
+    """
+    from psm_jax.data import mask_io
+
+    if isinstance(source, sources.FolderSource):
+        try:
+            pairs = mask_io.pair_masks(source.paths, cfg.eval_mask_dir)
+        except mask_io.MaskPairingError as e:
+            raise ValueError(f"config.data.eval_mask_dir: {e}") from None
+        by_image = {str(image): str(mask) for image, mask in pairs}
+        return FileMasks([by_image[p] for p in source.paths], cfg.eval_mask_invert)
+    paths = mask_io.list_mask_files(cfg.eval_mask_dir)
+    if len(paths) < n:
+        raise ValueError(f"config.data.eval_mask_dir={cfg.eval_mask_dir!r} holds {len(paths)} masks, "
+                         f"fewer than the {n} eval images")
+    return FileMasks(paths, cfg.eval_mask_invert)
+
+
 def make_eval_dataset(cfg: ml_collections.ConfigDict, *, batch_size: int, num_images: int | None, seed: int,
                       mask_fn: MaskFn | None = None) -> grain.IterDataset:
     """Finite, deterministic, re-iterable batches of the first ``num_images`` eval records.
 
-    Centre crop (reflect pad if small) and fixed masks: the i-th PNG of ``eval_mask_dir`` for
-    record i if set, else ``mask_fn`` seeded from (seed, i). Same keys as training. The last
+    Centre crop (reflect pad if small) and fixed masks: from ``eval_mask_dir`` if set (paired
+    by file name for a folder, by sorted order otherwise; see ``_file_masks``), else ``mask_fn``
+    seeded from (seed, i). Same keys as training. The last
     batch may be smaller than ``batch_size`` (it holds the remainder); unreadable records are
     skipped (so a corrupt file reduces the count, and is reported in ``"skipped"``).
     ``num_images=None`` (or <= 0) means the whole split.
@@ -314,11 +334,7 @@ def make_eval_dataset(cfg: ml_collections.ConfigDict, *, batch_size: int, num_im
     if n > len(source):
         raise ValueError(f"eval: num_images={n} but {source!r} holds only {len(source)} records")
     if cfg.eval_mask_dir:
-        masks = FileMasks(cfg.eval_mask_dir, cfg.eval_mask_invert)
-        if len(masks) < n:
-            raise ValueError(f"config.data.eval_mask_dir={cfg.eval_mask_dir!r} holds {len(masks)} masks, "
-                             f"fewer than the {n} eval images")
-        mask_for_index: Callable[[int], np.ndarray] = masks
+        mask_for_index: Callable[[int], np.ndarray] = _file_masks(cfg, source, n)
     else:
         if mask_fn is None:
             mask_fn = default_mask_fn(tuple(cfg.hole_range))
