@@ -206,6 +206,15 @@ def test_mixed_folder_resume_is_exact_across_a_skip(tmp_path):
     _assert_same(_take(it2, 4), ref[2:])
 
 
+def test_all_corrupt_folder_raises_instead_of_spinning(tmp_path):
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        (tmp_path / "img" / f"{i}.png").write_bytes(b"garbage")
+    it = _iter(_cfg(source="folder", path=str(tmp_path / "img")), bs=2)
+    with pytest.raises(RuntimeError, match="no readable image in 4 consecutive records"):
+        next(it)
+
+
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="config.data.source='s3'"):
         _iter(_cfg(source="s3"))

@@ -120,10 +120,18 @@ class _Tag(grain.transforms.MapWithIndex):
 
 
 class _DropCorruptIterDataset(grain.IterDataset):
-    """Drops corrupt-record markers, stamping ``"skipped"`` on the next good element."""
+    """Drops corrupt-record markers, stamping ``"skipped"`` on the next good element.
+
+    ``max_consecutive`` (the number of records per epoch) turns "every record is unreadable"
+    into an error instead of an endless loop over an infinitely repeated dataset.
+    """
+
+    def __init__(self, parent: grain.IterDataset, max_consecutive: int):
+        super().__init__(parent)
+        self._max_consecutive = max_consecutive
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _DropCorruptIterator(self._parent.__iter__())
+        return _DropCorruptIterator(self._parent.__iter__(), self._max_consecutive)
 
     def __str__(self) -> str:
         return "DropCorruptIterDataset"
@@ -138,6 +146,10 @@ def skipped_total() -> int:
 
 
 class _DropCorruptIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, max_consecutive: int):
+        super().__init__(parent)
+        self._max_consecutive = max_consecutive
+
     def __next__(self) -> dict[str, Any]:
         global _SKIPPED_TOTAL
         skipped = 0
@@ -146,6 +158,9 @@ class _DropCorruptIterator(grain.DatasetIterator):
             if CORRUPT not in element:
                 break
             skipped += 1
+            if skipped > self._max_consecutive:
+                raise RuntimeError(f"no readable image in {skipped} consecutive records (last: {element[CORRUPT]}); "
+                                   "is every file of the dataset corrupt?")
             _SKIPPED_TOTAL += 1
             log.warning("skipped unreadable record %s (index %d); %d skipped so far in this process",
                         element[CORRUPT], int(element["index"]), _SKIPPED_TOTAL)
@@ -198,13 +213,13 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
 
 
 def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, batch_size: int, drop_remainder: bool,
-            num_workers: int) -> grain.IterDataset:
+            num_workers: int, epoch_size: int) -> grain.IterDataset:
     """Workers (one element in, one out) -> drop corrupt -> batch -> background batch prefetch."""
     if num_workers > 0:
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=num_workers, per_worker_buffer_size=max(1, cfg.prefetch)))
-    ds = _DropCorruptIterDataset(ds)
+    ds = _DropCorruptIterDataset(ds, max_consecutive=epoch_size)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     # A background thread overlaps drop + batch (np.stack) with the trainer, but only when the
     # elements come from worker processes: in-process, that daemon thread would drive grain's
@@ -241,13 +256,14 @@ def make_train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int
     log.info("train source %r, process %d/%d", source, process_index, process_count)
     ds = grain.MapDataset.source(source).map_with_index(_Tag(len(source)))
     ds = ds[process_index::process_count]
+    shard_size = len(ds)
     ds = ds.shuffle(seed=_derive_seed(seed, cfg.seed, "shuffle"))
     ds = ds.repeat(None)  # infinite; ShuffleMapDataset permutes each epoch with its own seed
     ds = ds.map(transforms.Decode(cfg.resize_short))
     ds = ds.random_map(transforms.TrainAugment(cfg.resolution, mask_fn, cfg.mask_kind),
                        seed=_derive_seed(seed, cfg.seed, "augment", process_index))
     ds = ds.to_iter_dataset(_read_options(cfg))
-    return _finish(ds, cfg, global_batch_size // process_count, True, cfg.num_workers)
+    return _finish(ds, cfg, global_batch_size // process_count, True, cfg.num_workers, shard_size)
 
 
 def make_train_iterator(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
@@ -343,7 +359,7 @@ def make_eval_dataset(cfg: ml_collections.ConfigDict, *, batch_size: int, num_im
     ds = ds.map(transforms.Decode(cfg.resize_short))
     ds = ds.map(transforms.EvalTransform(cfg.resolution, mask_for_index))
     ds = ds.to_iter_dataset(_read_options(cfg))
-    return _finish(ds, cfg, batch_size, False, 0)
+    return _finish(ds, cfg, batch_size, False, 0, n)
 
 
 # ----------------------------------------------------------------------------- device
