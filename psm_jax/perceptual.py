@@ -41,8 +41,8 @@ FEATURE_NAMES: tuple[str, ...] = ("stem",) + resnet.LAYER_NAMES
 
 def imagenet_normalize(x_BHWC: jax.Array) -> jax.Array:
     """[-1, 1] RGB -> ImageNet-normalised input of a torchvision ResNet."""
-    mean = jnp.asarray(IMAGENET_MEAN, x_BHWC.dtype)
-    std = jnp.asarray(IMAGENET_STD, x_BHWC.dtype)
+    mean = jnp.asarray(IMAGENET_MEAN, x_BHWC.dtype).reshape(1, 1, 1, 3)
+    std = jnp.asarray(IMAGENET_STD, x_BHWC.dtype).reshape(1, 1, 1, 3)
     return ((x_BHWC + 1.0) * 0.5 - mean) / std
 
 
