@@ -50,7 +50,7 @@ def _erfcx(x: jax.Array) -> jax.Array:
     """Scaled complementary error function exp(x^2) erfc(x) for x >= 0.
 
     Not ``jax.scipy.special.erfcx``: in jax 0.10.2 it returns 0 in float32 for x in about
-    [9.19, 9.42] (and is also wrong somewhere in float64), exactly where we need it. For x >= 3
+    [9.19, 9.42] (and in float64 for x in about [26.54, 26.64]), exactly where we need it. For x >= 3
     we evaluate Laplace's continued fraction erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x +
     (3/2)/(x + ...)))) bottom-up.
     """
