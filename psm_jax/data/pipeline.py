@@ -19,8 +19,9 @@ Design points:
   removes it before batching, so a skip never changes the batch size, and adds a
   ``"skipped"`` count (int32, per element: records dropped just before this one) to the
   batch. ``batch["skipped"].sum()`` is therefore the number of records skipped while that batch
-  was filled, computed in the main process even with workers, and ``skipped_total()`` is the
-  running count for this process; each skip also logs one warning line.
+  was filled, computed in the main process even with workers; ``skipped_total()`` is the
+  running count over the batches this process consumed. Each skip logs a warning naming the
+  file, and each batch with skips logs the running count.
 * **Resume.** The iterator's state is grain's position state, so Orbax
   (``grain.checkpoint.CheckpointSave``) restores it at the exact next batch. Skips do not
   disturb this: positions count records, not emitted elements, and the drop step holds no
@@ -141,8 +142,24 @@ _SKIPPED_TOTAL = 0
 
 
 def skipped_total() -> int:
-    """Records skipped as unreadable by this process's pipelines since it started."""
+    """Records skipped as unreadable in the batches this process has consumed since it started."""
     return _SKIPPED_TOTAL
+
+
+class _CountSkipped(grain.transforms.Map):
+    """Adds a batch's skips to the process-wide total when the batch is *consumed*.
+
+    Runs last, in the consumer's thread: the drop step may run ahead in a prefetch thread, and
+    counting there would include batches that were read ahead but never used.
+    """
+
+    def map(self, batch: Batch) -> Batch:
+        global _SKIPPED_TOTAL
+        n = int(batch["skipped"].sum())
+        if n:
+            _SKIPPED_TOTAL += n
+            log.warning("batch had %d unreadable record(s) skipped; %d so far in this process", n, _SKIPPED_TOTAL)
+        return batch
 
 
 class _DropCorruptIterator(grain.DatasetIterator):
@@ -151,7 +168,6 @@ class _DropCorruptIterator(grain.DatasetIterator):
         self._max_consecutive = max_consecutive
 
     def __next__(self) -> dict[str, Any]:
-        global _SKIPPED_TOTAL
         skipped = 0
         while True:
             element = next(self._parent)
@@ -161,9 +177,7 @@ class _DropCorruptIterator(grain.DatasetIterator):
             if skipped > self._max_consecutive:
                 raise RuntimeError(f"no readable image in {skipped} consecutive records (last: {element[CORRUPT]}); "
                                    "is every file of the dataset corrupt?")
-            _SKIPPED_TOTAL += 1
-            log.warning("skipped unreadable record %s (index %d); %d skipped so far in this process",
-                        element[CORRUPT], int(element["index"]), _SKIPPED_TOTAL)
+            log.warning("skipped unreadable record %s (index %d)", element[CORRUPT], int(element["index"]))
         element["skipped"] = np.int32(skipped)
         return element
 
@@ -227,7 +241,7 @@ def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, batch_size: i
     # ("FATAL: exception not rethrown", seen 1 in 3 runs).
     if num_workers > 0 and cfg.batch_prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.batch_prefetch)
-    return ds
+    return ds.map(_CountSkipped())
 
 
 def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
