@@ -75,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
         adv_weight=1.0,                 # lambda_1 (Eq. 10)
         pcp_weight=2.0,                 # lambda_2
         nll_weight=1e-4,                # lambda_3
+        # Eq. 1 sums over all D pixels; "mean" divides by the element count (see losses.reduce_nll).
+        nll_region="all",               # "all" (Eq. 1) or "hole" (only the initial holes)
+        nll_reduction="mean",           # "mean" or "sum" (the literal Eq. 1)
         l1_weight=0.0,                  # not in the paper; demo configs may turn it on
         r1_gamma=10.0,                  # MAT's value for Places/CelebA 512
         r1_interval=16,                 # lazy regularisation (StyleGAN2)

@@ -119,7 +119,7 @@ def _g_loss(g_params, state, batch, key, *, config, models):
     if sp.decoupled and lw.nll_weight:
         nll = losses.discretized_gaussian_nll(real_N, mean_TBHWC.reshape(real_N.shape),
                                               log_var_TBHWC.reshape(real_N.shape))
-        terms["g_nll"] = losses.reduce_nll(nll, m0_N, region=lw.nll_region) * T
+        terms["g_nll"] = losses.reduce_nll(nll, m0_N, region=lw.nll_region, reduction=lw.nll_reduction) * T
     if lw.l1_weight:
         terms["g_l1"] = losses.l1_loss(fake_NHWC, real_N, weight_mask=1.0 - m0_N) * T
     weights = {"g_adv": lw.adv_weight, "g_pcp": lw.pcp_weight, "g_nll": lw.nll_weight,
