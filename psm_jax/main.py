@@ -4,6 +4,7 @@ Overrides use ml-collections syntax (``--config.batch_size=64``); the config is 
 misspelled key is an error. On multi-host pods ``jax.distributed.initialize()`` finds the
 cluster by itself; ``--coordinator/--num_processes/--process_id`` set it explicitly (local tests).
 """
+import os
 import sys
 
 from absl import app, flags
@@ -31,6 +32,12 @@ def main(argv):
     except train.TrainingDiverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         sys.exit(1)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        # Bad config values and missing files: one line, exit 2 (PSM_DEBUG=1 shows the traceback).
+        if os.environ.get("PSM_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
