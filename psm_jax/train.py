@@ -208,6 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             last = _flush(pending)
     finally:
         mngr.wait_until_finished()
+        if hasattr(data_iter, "close"):   # grain workers leak shared memory otherwise
+            data_iter.close()
         run_log.close()
         signal.signal(signal.SIGTERM, previous_handler)
     return last

@@ -2,9 +2,9 @@
 
 Training (``make_train_iterator``), per JAX process::
 
-    source -> tag record index -> this process's shard [p::P] -> shuffle(seed) -> repeat (reshuffled
-    per epoch) -> decode -> random map (flip, crop, mask) -> to_iter_dataset -> [mp_prefetch]
-    -> drop + count corrupt records -> batch -> thread prefetch
+    source -> tag record index -> shuffle(seed) -> repeat (reshuffled per epoch) -> decode
+    -> random map (flip, crop, mask) -> this process's rows of each global batch
+    -> to_iter_dataset -> [mp_prefetch] -> drop + count corrupt records -> batch -> thread prefetch
 
 Design points:
 
@@ -27,11 +27,14 @@ Design points:
   disturb this: positions count records, not emitted elements, and the drop step holds no
   state between batches (``skipped_total()`` counts from process start, not from the run's
   start).
-* **Multi-host.** Each process reads records ``process_index::process_count`` of the source
-  (disjoint, together covering it) and yields ``global_batch_size // process_count``
-  examples; ``to_global_batch`` assembles global ``jax.Array``s on the mesh. The shuffle seed
-  is shared, the per-record augmentation seed is folded with the process index so shards do
-  not reuse the same crops and masks.
+* **Multi-host.** The global order (shuffle, epochs, per-record augmentation seeds) is defined
+  once, identically on every process; global batch ``b`` is positions ``[b*G, (b+1)*G)`` of it.
+  Process ``p`` of ``P`` reads only rows ``[p*G/P, (p+1)*G/P)`` of each global batch (so only its
+  own records are decoded), and ``to_global_batch`` assembles them in process order. The global
+  batch is therefore the same whatever the process count: a 2-process run trains on exactly
+  the batches of a 1-process run (tested end to end in tests/test_train.py). Processes read
+  disjoint records, which together cover each epoch. Exception: a corrupt record is dropped
+  inside its process's slice, so from then on that process's rows shift by one record.
 """
 from __future__ import annotations
 
@@ -251,6 +254,30 @@ def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
 # ----------------------------------------------------------------------------- training
 
 
+class _ProcessRows(grain.MapDataset):
+    """Rows ``[offset, offset + rows)`` of every ``group``-sized block of the parent (lazy).
+
+    Local position ``k`` is parent position ``(k // rows) * group + offset + k % rows``, so each
+    process evaluates (decodes, augments) only the elements of its own rows.
+    """
+
+    def __init__(self, parent: grain.MapDataset, group: int, offset: int, rows: int):
+        super().__init__(parent)
+        self._group, self._offset, self._rows = group, offset, rows
+
+    def __len__(self) -> int:
+        return (len(self._parent) // self._group) * self._rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        block, row = divmod(index, self._rows)
+        return self._parent[block * self._group + self._offset + row]
+
+    def __str__(self) -> str:
+        return f"ProcessRows(group={self._group}, offset={self._offset}, rows={self._rows})"
+
+
 def make_train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
                        process_index: int | None = None, process_count: int | None = None,
                        mask_fn: MaskFn | None = None) -> grain.IterDataset:
@@ -269,15 +296,16 @@ def make_train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int
         raise ValueError(f"{source!r} has fewer records than there are processes ({process_count})")
     log.info("train source %r, process %d/%d", source, process_index, process_count)
     ds = grain.MapDataset.source(source).map_with_index(_Tag(len(source)))
-    ds = ds[process_index::process_count]
-    shard_size = len(ds)
     ds = ds.shuffle(seed=_derive_seed(seed, cfg.seed, "shuffle"))
     ds = ds.repeat(None)  # infinite; ShuffleMapDataset permutes each epoch with its own seed
     ds = ds.map(transforms.Decode(cfg.resize_short))
+    # The augmentation seed depends on the global position only, never on the process layout.
     ds = ds.random_map(transforms.TrainAugment(cfg.resolution, mask_fn, cfg.mask_kind),
-                       seed=_derive_seed(seed, cfg.seed, "augment", process_index))
+                       seed=_derive_seed(seed, cfg.seed, "augment"))
+    local_batch = global_batch_size // process_count
+    ds = _ProcessRows(ds, global_batch_size, process_index * local_batch, local_batch)
     ds = ds.to_iter_dataset(_read_options(cfg))
-    return _finish(ds, cfg, global_batch_size // process_count, True, cfg.num_workers, shard_size)
+    return _finish(ds, cfg, local_batch, True, cfg.num_workers, len(source))
 
 
 def make_train_iterator(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
