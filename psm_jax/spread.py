@@ -185,8 +185,7 @@ def pixel_spread(
       dict with "image" (x_0 + (1-m_0) mean_T, known pixels bit-identical to ``image``),
       "mask" (all ones), "uncertainty" (u_T) and, if requested, "trajectory".
     """
-    s_T = schedule_fractions(num_iters, schedule)  # validates schedule/num_iters early
-    del s_T
+    schedule_fractions(num_iters, schedule)  # validates schedule and num_iters before tracing
     b = image.shape[0]
     known0_BHW1 = mask > 0.5
     m0_BHW1 = known0_BHW1.astype(image.dtype)
