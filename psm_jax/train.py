@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
@@ -95,6 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Trains (or resumes) until ``config.total_steps``; returns the last logged metrics."""
     # ------------------------------------------------------------------ setup
     jax.config.update("jax_threefry_partitionable", True)
+    absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every save at INFO
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -124,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, state_sh)
         state, _ = ckpt.restore(mngr, latest, target, data_iter)
-        log.warning("resumed from %s at step %d", mngr.directory, latest)
+        print(f"resumed from {mngr.directory} at step {latest}", flush=True)
     else:
         state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.seed))
     start_step = int(jax.device_get(state["step"]))

@@ -31,6 +31,8 @@ import optax
 
 from psm_jax import augment as ada
 from psm_jax import losses
+from psm_jax.models.generator import NUM_DOWN, make_apply_fn
+from psm_jax.models.mapping import MappingNetwork
 from psm_jax.spread import pixel_spread
 
 State = dict[str, Any]
@@ -69,11 +71,27 @@ def ema_beta(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
 
 def generator_apply_fn(models: Models, variables: Any, *, noise_mode: str = "random") -> Callable:
     """The ``apply_fn(x, m0, m, u, t_frac, key)`` that :func:`pixel_spread` expects."""
-    def apply_fn(x, m0, m, u, t_frac, key):
-        k_latent, k_noise = jax.random.split(key)
-        return models.generator.apply(variables, x, m0, m, u, t_frac, noise_mode=noise_mode,
-                                      rngs={"latent": k_latent, "noise": k_noise})
-    return apply_fn
+    return make_apply_fn(models.generator, variables, noise_mode=noise_mode)
+
+
+def update_w_avg(models: Models, g_params: Any, g_buffers: Any, key: jax.Array,
+                 batch: int) -> Any:
+    """Tracks the mapping network's ``w_avg`` (StyleGAN2, beta 0.995) on a fresh z batch.
+
+    Inside the spread the generator runs statelessly (a ``lax.scan`` body), so the
+    train-mode statistic is updated here with the mapping network alone; it is only used
+    for truncation at inference time.
+    """
+    if "mapping" not in g_buffers.get("buffers", {}):
+        return g_buffers
+    G = models.generator
+    mapping = MappingNetwork(G.z_dim, G.w_dim, 2 * NUM_DOWN + 2, num_layers=G.mapping_layers)
+    z = jax.random.normal(key, (batch, G.z_dim))
+    _, updated = mapping.apply({"params": g_params["mapping"],
+                                "buffers": g_buffers["buffers"]["mapping"]},
+                               z, update_w_avg=True, mutable=["buffers"])
+    buffers = dict(g_buffers["buffers"], mapping=updated["buffers"])
+    return dict(g_buffers, buffers=buffers)
 
 
 def _d_logits(models: Models, d_params: Any, images: jax.Array, masks: jax.Array) -> jax.Array:
@@ -151,7 +169,7 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models) -> Callab
 
     def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
         key = jax.random.fold_in(base_key, state["step"])
-        k_g, k_d = jax.random.split(key)
+        k_g, k_d, k_w = jax.random.split(key, 3)
         # ---- generator
         (g_total, g_aux), g_grads = jax.value_and_grad(_g_loss, has_aux=True)(
             state["g_params"], state, batch, k_g, config=config, models=models)
@@ -173,7 +191,9 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models) -> Callab
                              cfg=config.ada) if config.ada.enabled else state["ada"]["p"]
         ada_state = {"p": jnp.where(due, new_p, state["ada"]["p"]),
                      "acc": jnp.where(due, 0.0, acc), "n": jnp.where(due, 0, n)}
+        g_buffers = update_w_avg(models, g_params, state["g_buffers"], k_w, batch["image"].shape[0])
         new_state = dict(state, step=state["step"] + 1, g_params=g_params, g_opt=g_opt,
+                         g_buffers=g_buffers,
                          g_ema_params=g_ema, d_params=d_params, d_opt=d_opt, ada=ada_state)
         metrics = {"g_loss": g_total, "d_loss": d_total, **g_aux["terms"],
                    "g_grad_norm": optax.global_norm(g_grads),
