@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
         # default the carry is a stop-gradient, like the noisy inputs of a diffusion model.
         grad_through_iters=False,
         remat=False,                    # jax.checkpoint on the scan body (memory vs compute)
+        # Unroll the training spread (T_train is 2-3): XLA CPU runs the backward of a conv scan
+        # body ~5x slower than unrolled (see spread.pixel_spread). Inference always scans.
+        unroll_train=True,
     ))
 
     c.loss = ml_collections.ConfigDict(dict(

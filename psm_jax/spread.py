@@ -162,6 +162,7 @@ def pixel_spread(
     remat: bool = False,
     stop_grad_between_iters: bool = True,
     sigma_scale: float = 1.0,
+    unroll: int | bool = 1,
 ) -> dict[str, jax.Array]:
     """Runs T = num_iters pixel-spread iterations (Eq. 4-5).
 
@@ -180,6 +181,11 @@ def pixel_spread(
       remat: wrap the scan body in ``jax.checkpoint`` (recompute activations in backward).
       stop_grad_between_iters: stop gradients through the carry; see the module docstring.
       sigma_scale: scale of the sigma -> u~ map.
+      unroll: ``lax.scan``'s unroll. 1 (default) keeps one loop body, so compile time does not
+        grow with T. ``True`` unrolls the loop: XLA's CPU backend runs the *backward* of a
+        convolutional scan body about 5x slower than the same ops unrolled (measured on the
+        demo generator), so the trainer unrolls its small T_train on CPU (config
+        ``spread.unroll``).
 
     Returns:
       dict with "image" (x_0 + (1-m_0) mean_T, known pixels bit-identical to ``image``),
@@ -226,8 +232,17 @@ def pixel_spread(
     if remat:
         body = jax.checkpoint(body)
     init = (x0_BHW3, m0_BHW1, u0_BHW1)
-    (x_BHW3, m_BHW1, u_BHW1), traj = jax.lax.scan(
-        body, init, (jnp.arange(num_iters, dtype=jnp.int32), steps_TB))
+    iters_T = jnp.arange(num_iters, dtype=jnp.int32)
+    if unroll is True or (not isinstance(unroll, bool) and unroll >= num_iters):
+        # The same body, traced T times (lax.scan keeps a 1-trip while loop even for T = 1).
+        carry, outs = init, []
+        for i in range(num_iters):
+            carry, out = body(carry, (iters_T[i], steps_TB[i]))
+            outs.append(out)
+        (x_BHW3, m_BHW1, u_BHW1) = carry
+        traj = jax.tree.map(lambda *a: jnp.stack(a), *outs) if return_trajectory else None
+    else:
+        (x_BHW3, m_BHW1, u_BHW1), traj = jax.lax.scan(body, init, (iters_T, steps_TB), unroll=unroll)
     result = {"image": x_BHW3, "mask": m_BHW1, "uncertainty": u_BHW1}
     if return_trajectory:
         result["trajectory"] = traj

@@ -260,3 +260,22 @@ def test_compile_time_flat_in_num_iters():
     t8 = time.perf_counter() - t0
     print(f"compile T=2 {t2:.3f}s T=8 {t8:.3f}s")
     assert t8 < 3.0 * t2 + 2.0  # loose: the 1.2x target is measured in bench/spread.py
+
+
+@pytest.mark.parametrize("num_iters", [1, 3])
+def test_unrolled_matches_scan(batch, num_iters):
+    """unroll=True (what the trainer uses on CPU) is the same computation as the scan."""
+    image, mask = batch
+
+    def run(unroll):
+        def loss(theta):
+            fn = lambda x, m0, m, u, t, k: tuple(a * theta for a in dummy_apply_fn(x, m0, m, u, t, k))
+            out = pixel_spread(fn, image, mask, jax.random.key(1), num_iters=num_iters,
+                               return_trajectory=True, unroll=unroll)
+            return jnp.sum(out["trajectory"]["mean"] ** 2), out
+        (val, out), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(1.25)
+        return jax.tree.map(np.asarray, (val, out, grad))
+
+    scanned, unrolled = run(1), run(True)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), scanned, unrolled)
+    np.testing.assert_array_equal(scanned[1]["trajectory"]["mask"], unrolled[1]["trajectory"]["mask"])
