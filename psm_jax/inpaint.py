@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--iters", type=int, default=None, help="spread iterations (default: config)")
     parser.add_argument("--invert", action="store_true", help="masks use 255 = hole")
+    parser.add_argument("--pair-by", choices=("name", "order"), default="name",
+                        help="pair masks with images by file name (default) or by sorted order (MAT's sets)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                              (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
         if not image_paths:
             raise FileNotFoundError(f"{args.images}: no images found")
-        pairs = mask_io.pair_masks(image_paths, args.masks)
+        pairs = mask_io.pair_masks(image_paths, args.masks, by=args.pair_by)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -107,8 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, (img_path, mask_path) in enumerate(pairs):
-        img = transforms.eval_image(img_path, R)
-        mask = mask_io.load_mask(mask_path, invert=args.invert)
+        decoded = transforms.decode_image(img_path.read_bytes(), str(img_path))
+        if decoded is None:
+            print(f"warning: {img_path}: unreadable image, skipped", file=sys.stderr)
+            continue
+        img = transforms.to_model_range(transforms.center_crop(decoded, R))
+        try:
+            mask = mask_io.load_mask(mask_path, invert=args.invert)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if mask.shape != img.shape[:2]:
             print(f"error: {mask_path}: mask is {mask.shape}, expected {img.shape[:2]}", file=sys.stderr)
             return 2
