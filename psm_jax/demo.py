@@ -22,13 +22,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from psm_jax.data.transforms import from_model_range
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = str(REPO / "configs" / "demo.py")
 PSM_ITERS = (1, 2, 4)
-
-
-def _u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def telea(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -69,12 +67,12 @@ def evaluate(config, variables, *, num_images: int, seed: int, grid_images: int 
     seen = 0
     for batch in make_eval_dataset(config.data, batch_size=16, num_images=num_images, seed=seed):
         image, mask = np.asarray(batch["image"]), np.asarray(batch["mask"])
-        real = _u8(image)
+        real = from_model_range(image)
         preds = {}
         for t, fn in fns.items():
             # The eval key depends only on the image index, so the numbers are reproducible.
             out = fn(variables, image, mask, jax.random.fold_in(jax.random.key(seed), seen))
-            preds[f"psm_t{t}"] = _u8(np.where(mask > 0.5, image, np.asarray(out["image"])))
+            preds[f"psm_t{t}"] = from_model_range(np.where(mask > 0.5, image, np.asarray(out["image"])))
             if t == max(PSM_ITERS) and "psm" not in grids:
                 grids["psm"] = grid_rows(image[:grid_images], mask[:grid_images], jax.tree.map(
                     lambda a: a[:, :grid_images] if a.ndim == 5 else a[:grid_images], out))

@@ -74,10 +74,6 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collectio
     return config_from_json(meta["config"]), jax.tree.map(jnp.asarray, ema_variables(state))
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m psm_jax.inpaint", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="training workdir with checkpoints/")
@@ -124,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         out = fn(variables, jnp.asarray(img)[None], jnp.asarray(mask)[None, ..., None],
                  jax.random.fold_in(jax.random.key(args.seed), i))
-        Image.fromarray(to_uint8(out["image"][0])).save(out_dir / f"{img_path.stem}.png")
+        Image.fromarray(transforms.from_model_range(out["image"][0])).save(out_dir / f"{img_path.stem}.png")
     print(f"wrote {len(pairs)} images to {out_dir}")
     return 0
 

@@ -12,9 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+from psm_jax.data.transforms import from_model_range
 
 
 def _heat(v: np.ndarray, vmax: float) -> np.ndarray:
@@ -36,10 +34,10 @@ def grid_rows(image: np.ndarray, mask: np.ndarray, out: dict[str, Any]) -> np.nd
         sig = std_T[:, b].mean(-1)                       # [T,H,W]
         vmax = float(sig[:, hole].max()) if hole.any() else float(sig.max())
         masked = np.where(mask[b] > 0.5, image[b], 0.0)  # holes shown as mid-grey
-        cells = [_to_uint8(masked)]
-        cells += [_to_uint8(m) for m in mean_T[:, b]]
+        cells = [from_model_range(masked)]
+        cells += [from_model_range(m) for m in mean_T[:, b]]
         cells += [_heat(s, vmax) for s in sig]
-        cells += [_to_uint8(final[b]), _to_uint8(image[b])]
+        cells += [from_model_range(final[b]), from_model_range(image[b])]
         rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(rows, axis=0)
 

@@ -138,6 +138,11 @@ def to_model_range(image_u8: np.ndarray) -> np.ndarray:
     return image_u8.astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
 
 
+def from_model_range(image: np.ndarray) -> np.ndarray:
+    """float [-1, 1] -> uint8 [0, 255] (rounded, clipped): the inverse of ``to_model_range``."""
+    return np.clip(np.rint((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
     """Resizes so the shorter side is ``short_side`` (0 = leave as is). Bicubic, antialiased."""
     if short_side <= 0:
