@@ -17,8 +17,10 @@ Design decisions where the paper is silent (each is a config field):
   small per-step change the difference is negligible and it saves a third of the step's FLOPs.
 * **R1** is lazy (every ``loss.r1_interval`` steps, scaled by the interval, with D's Adam lr and
   betas rescaled by interval/(interval+1)), computed on augmented reals, as StyleGAN2-ADA.
-* **Mixed precision.** With ``compute_dtype=bfloat16`` parameters and inputs are cast inside
-  the loss functions, so gradients, parameters and optimizer state stay float32.
+* **Mixed precision.** With ``compute_dtype=bfloat16`` G's and D's parameters and inputs are
+  cast inside the loss functions (losses, the pick and R1 stay float32), so gradients,
+  parameters and optimizer state stay float32. R1 is always float32: its double backprop
+  through bf16 would be mostly rounding noise.
 """
 from __future__ import annotations
 
@@ -94,8 +96,13 @@ def update_w_avg(models: Models, g_params: Any, g_buffers: Any, key: jax.Array,
     return dict(g_buffers, buffers=buffers)
 
 
-def _d_logits(models: Models, d_params: Any, images: jax.Array, masks: jax.Array) -> jax.Array:
-    return models.discriminator.apply({"params": d_params}, images, masks).reshape(-1)
+def _d_logits(models: Models, d_params: Any, images: jax.Array, masks: jax.Array,
+              dtype: str = "float32") -> jax.Array:
+    """D's logits [N] in float32, computed in ``dtype`` (params and inputs cast inside)."""
+    dt = jnp.dtype(dtype)
+    logits = models.discriminator.apply({"params": _cast(d_params, dt)}, images.astype(dt),
+                                        masks.astype(dt))
+    return logits.reshape(-1).astype(jnp.float32)
 
 
 def _augment(config, key, images, masks, p):
@@ -126,26 +133,32 @@ def _g_loss(g_params, state, batch, key, *, config, models):
     fake_TBHWC = m0 * real + (1.0 - m0) * pred_TBHWC
     fake_NHWC = fake_TBHWC.reshape((T * B,) + fake_TBHWC.shape[2:])
     m0_N = jnp.tile(m0, (T, 1, 1, 1))
-    real_N = jnp.tile(real, (T, 1, 1, 1))
 
-    # Eq. 10 sums per-iteration batch means; a mean over the T*B stack times T is the same.
     aug_img, aug_mask = _augment(config, k_aug, fake_NHWC, m0_N, state["ada"]["p"])
-    fake_logits = _d_logits(models, state["d_params"], aug_img, aug_mask)
+    fake_logits_TB = _d_logits(models, state["d_params"], aug_img, aug_mask,
+                               config.compute_dtype).reshape(T, B)
     lw = config.loss
-    terms = {"g_adv": losses.g_adv_loss(fake_logits) * T}
-    if lw.pcp_weight and models.perceptual_fn is not None:
-        terms["g_pcp"] = models.perceptual_fn(models.perceptual_params, fake_NHWC, real_N) * T
-    if sp.decoupled and lw.nll_weight:
-        nll = losses.discretized_gaussian_nll(real_N, mean_TBHWC.reshape(real_N.shape),
-                                              log_var_TBHWC.reshape(real_N.shape))
-        terms["g_nll"] = losses.reduce_nll(nll, m0_N, region=lw.nll_region, reduction=lw.nll_reduction) * T
-    if lw.l1_weight:
-        terms["g_l1"] = losses.l1_loss(fake_NHWC, real_N, weight_mask=1.0 - m0_N) * T
-    weights = {"g_adv": lw.adv_weight, "g_pcp": lw.pcp_weight, "g_nll": lw.nll_weight,
-               "g_l1": lw.l1_weight}
-    total = sum(weights[k] * v for k, v in terms.items())
+    weights = losses.generator_loss_weights(lw)
+    if models.perceptual_fn is None:
+        weights["pcp"] = 0.0
+    if not sp.decoupled:      # model D: no Gaussian regularisation at all
+        weights["nll"] = 0.0
+    per_iter = []
+    for j in range(T):        # Eq. 10: every spread iteration is supervised
+        terms = {"fake_logits": fake_logits_TB[j]}
+        if weights["pcp"]:
+            terms["pcp"] = models.perceptual_fn(models.perceptual_params, fake_TBHWC[j], real)
+        if weights["nll"]:
+            nll = losses.discretized_gaussian_nll(real, mean_TBHWC[j], log_var_TBHWC[j])
+            terms["nll"] = losses.reduce_nll(nll, m0, region=lw.nll_region,
+                                             reduction=lw.nll_reduction)
+        if weights["l1"]:
+            terms["l1"] = losses.l1_loss(fake_TBHWC[j], real, weight_mask=1.0 - m0)
+        per_iter.append(terms)
+    total, terms = losses.generator_loss(per_iter, weights)
+    terms.pop("g_total")
     aux = {"fakes": jax.lax.stop_gradient(fake_NHWC), "masks": m0_N, "terms": terms,
-           "g_logits_fake": fake_logits.mean(),
+           "g_logits_fake": fake_logits_TB.mean(),
            "sigma_hole": (jnp.exp(0.5 * log_var_TBHWC) * (1 - m0)).sum() / jnp.maximum(
                (1 - m0).sum() * T * 3, 1.0)}
     return total, aux
@@ -156,8 +169,8 @@ def _d_loss(d_params, state, batch, fakes, fake_masks, key, *, config, models):
     p = state["ada"]["p"]
     real_img, real_mask = _augment(config, k_real, batch["image"], batch["mask"], p)
     fake_img, fake_mask = _augment(config, k_fake, fakes, fake_masks, p)
-    real_logits = _d_logits(models, d_params, real_img, real_mask)
-    fake_logits = _d_logits(models, d_params, fake_img, fake_mask)
+    real_logits = _d_logits(models, d_params, real_img, real_mask, config.compute_dtype)
+    fake_logits = _d_logits(models, d_params, fake_img, fake_mask, config.compute_dtype)
     loss = losses.d_adv_loss(real_logits, fake_logits)
     return loss, {"d_logits_real": real_logits.mean(), "d_logits_fake": fake_logits.mean(),
                   "d_sign_real": jnp.sign(real_logits).mean()}

@@ -111,7 +111,10 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 def test_losses_decrease_on_tiny(tmp_path):
     """The supervised terms must go down in a short run (the GAN terms need not)."""
     w = tmp_path / "w"
-    _run(w, "--config.total_steps=40", "--config.ckpt_every=40", "--config.loss.l1_weight=1.0")
+    _run(w, "--config.total_steps=40", "--config.ckpt_every=40", "--config.loss.l1_weight=1.0",
+         "--config.sample_every=20")
+    assert sorted(p.name for p in (w / "samples").iterdir()) == ["00000020.png", "00000040.png"]
+    assert list((w / "tb").iterdir()), "no TensorBoard event file"
     l1 = _metric(w, "g_l1")
     nll = _metric(w, "g_nll")
     assert len(l1) == 40
@@ -136,7 +139,7 @@ def test_same_params_on_1_8_devices_and_2_processes(tmp_path):
     two_steps = ("--config.total_steps=2", "--config.ckpt_every=2")
     one, eight, multi = tmp_path / "one", tmp_path / "eight", tmp_path / "multi"
     _run(one, *two_steps, devices=1)
-    _run(eight, *two_steps, devices=8)
+    _run(eight, *two_steps, "--config.mesh.fsdp=2", devices=8)   # data x fsdp = 4 x 2
     port = _free_port()
     procs = [subprocess.Popen(
         _main_cmd(multi, *two_steps, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
@@ -154,6 +157,9 @@ def test_same_params_on_1_8_devices_and_2_processes(tmp_path):
             for name, v in flat_ref.items():
                 np.testing.assert_allclose(flat_other[name], v, rtol=1e-4, atol=1e-5, err_msg=f"{key}{name}")
         assert int(other["step"]) == 2
+    # A checkpoint written on 8 devices resumes on 1 device.
+    r = _run(eight, "--config.total_steps=3", "--config.ckpt_every=3", devices=1)
+    assert "resumed" in r.stdout and ckpt.latest_step(eight) == 3
 
 
 def _flatten(tree, prefix=""):
@@ -162,3 +168,39 @@ def _flatten(tree, prefix=""):
             yield from _flatten(v, f"{prefix}/{k}")
     else:
         yield prefix, np.asarray(tree)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    w = tmp_path / "w"
+    # An absurd learning rate blows the parameters up after the first update.
+    r = _run(w, "--config.optim.lr=1e30", "--config.ckpt_every=1", "--config.loss.r1_gamma=0",
+             check=False)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "non-finite" in r.stderr and "Traceback" not in r.stderr
+    step = ckpt.latest_step(w)
+    assert step is not None and step < 6
+    records = [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
+    logged = [rec for rec in records if "g_loss" in rec and rec["step"] <= step]
+    assert logged and all(np.isfinite(rec["g_loss"]) for rec in logged)
+
+
+def test_bf16_train_step_keeps_f32_state():
+    import jax
+    import jax.numpy as jnp
+
+    from psm_jax import train, train_step as ts
+    from psm_jax.config_lib import load_config
+
+    cfg = load_config(TINY, {"compute_dtype": "bfloat16"})
+    models = train.build_models(cfg)
+    state = jax.jit(lambda k: train.init_state(cfg, models, k))(jax.random.key(0))
+    R = cfg.model.resolution
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (cfg.batch_size, R, R, 3)), jnp.float32),
+             "mask": jnp.asarray(rng.uniform(size=(cfg.batch_size, R, R, 1)) > 0.5, jnp.float32)}
+    state, metrics = jax.jit(ts.make_train_step(cfg, models))(state, batch)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    for leaf in jax.tree.leaves((state["g_params"], state["d_params"], state["g_opt"])):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            assert leaf.dtype == jnp.float32
