@@ -5,15 +5,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-from psm_jax import augment as aug
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from psm_jax import augment as aug  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     args = ap.parse_args(argv)
     if args.batch < 1 or args.size < 2 or args.iters < 1 or not 0.0 <= args.p <= 1.0:
-        print("bench/augment.py: need --batch >= 1, --size >= 2, --iters >= 1, 0 <= --p <= 1",
-              file=sys.stderr)
-        return 2
+        common.fail("bench/augment.py", "need --batch >= 1, --size >= 2, --iters >= 1, 0 <= --p <= 1")
 
     cfg = aug.default_ada_config()
     fn = jax.jit(lambda k, x, m, p: aug.augment(k, x, m, p, cfg))
@@ -43,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         jax.block_until_ready(fn(jax.random.key(i + 1), x, m, p))
         times.append(time.perf_counter() - t0)
-    print(json.dumps({
+    common.emit({
         "bench": "augment", "backend": jax.default_backend(), "batch": args.batch, "size": args.size,
         "p": args.p, "first_call_s": round(compile_s, 3), "iters": args.iters,
         "median_ms": round(1e3 * float(np.median(times)), 2), "min_ms": round(1e3 * min(times), 2),
-    }))
+        "device": common.device_name(), "load1": common.load1(),
+    })
     return 0
 
 

@@ -13,7 +13,6 @@ start-up (~3 s) is excluded: timing starts after the first batch.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -21,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import common  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -44,6 +45,7 @@ def bench_pipeline(folder: Path, resolution: int, workers: int, batch: int, seco
     cfg.update(source="folder", path=str(folder), resolution=resolution, num_workers=workers,
                mask_kind="large")
     it = pipeline.make_train_iterator(cfg, global_batch_size=batch, seed=0, process_index=0, process_count=1)
+    load_before = common.load1()
     t0 = time.perf_counter()
     next(it)  # start-up: worker spawn, imports, first fills
     startup = time.perf_counter() - t0
@@ -70,7 +72,12 @@ def bench_pipeline(folder: Path, resolution: int, workers: int, batch: int, seco
         "main_cpu_ms_per_image": round(1000.0 * cpu / n, 3),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "load1": max(x for x in (load_before, common.load1(), 0.0) if x is not None),
+        "device": common.device_name(),
     }
+
+MD_COLUMNS = ("device", "resolution", "workers", "batch", "images_per_s", "ms_per_batch", "main_cpu_ms_per_image",
+              "load1")
 
 
 def main() -> None:
@@ -81,6 +88,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--num_images", type=int, default=64)
     parser.add_argument("--skip_masks", action="store_true", help="do not run bench/masks.py")
+    parser.add_argument("--markdown", action="store_true", help="update the data tables of docs/BENCHMARKS.md")
     args = parser.parse_args()
     try:
         resolutions = [int(r) for r in args.resolutions.split(",")]
@@ -88,11 +96,16 @@ def main() -> None:
     except ValueError:
         parser.exit(2, "data_pipeline: error: --resolutions and --workers take comma-separated integers\n")
 
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_jpeg_folder(Path(tmp) / "images", args.num_images)
         for res in resolutions:
             for w in workers:
-                print(json.dumps(bench_pipeline(folder, res, w, args.batch, args.seconds)), flush=True)
+                rows.append(bench_pipeline(folder, res, w, args.batch, args.seconds))
+                common.emit(rows[-1])
+    if args.markdown:
+        common.update_markdown("data_pipeline", rows, key=("device", "resolution", "workers", "batch"),
+                               columns=MD_COLUMNS, title="Training input pipeline (bench/data_pipeline.py)")
 
     if not args.skip_masks:
         try:
@@ -100,8 +113,12 @@ def main() -> None:
         except ImportError:  # bench/masks.py absent: time the generator directly
             bench_masks = None
         if bench_masks is not None:
-            for row in bench_masks(kinds=("large", "small"), resolutions=tuple(resolutions), seconds=args.seconds):
-                print(json.dumps(row), flush=True)
+            mask_rows = bench_masks(kinds=("large", "small"), resolutions=tuple(resolutions), seconds=args.seconds)
+            for row in mask_rows:
+                common.emit(row)
+            if args.markdown:
+                from bench.masks import update_docs
+                update_docs(mask_rows)
         else:
             from psm_jax.data.masks import random_mask
 
@@ -111,8 +128,8 @@ def main() -> None:
                     while time.perf_counter() - start < args.seconds:
                         random_mask(rng, res, kind)
                         n += 1
-                    print(json.dumps({"bench": "masks", "kind": kind, "resolution": res,
-                                      "masks_per_s": round(n / (time.perf_counter() - start), 1)}), flush=True)
+                    common.emit({"bench": "masks", "kind": kind, "resolution": res,
+                                 "masks_per_s": round(n / (time.perf_counter() - start), 1)})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ bench/data_pipeline.py can ``from bench.masks import bench_masks`` (run from the
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -23,8 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+try:
+    import common  # noqa: E402  (as a script: bench/ is on sys.path)
+except ImportError:  # imported as bench.masks from the repo root
+    from bench import common  # noqa: E402
 from psm_jax.data.masks import random_mask  # noqa: E402
+
+MD_COLUMNS = ("device", "kind", "resolution", "rng", "masks_per_s", "cpu_masks_per_s", "target_masks_per_s",
+              "meets_target", "load1")
 
 TARGET_MASKS_PER_S = {512: 1100.0, 256: 2000.0}
 
@@ -39,6 +46,7 @@ def bench_one(kind: str, resolution: int, rng: str = "generator", seconds: float
     for _ in range(20):  # warm-up: imports, Pillow/numpy first-call costs
         random_mask(gen, resolution, kind)
     n, hole = 0, 0.0
+    load_before = common.load1()
     cpu_start = time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
@@ -68,6 +76,8 @@ def bench_one(kind: str, resolution: int, rng: str = "generator", seconds: float
         "meets_target": None if target is None else rate >= target,
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "load1": max(x for x in (load_before, common.load1(), 0.0) if x is not None),
+        "device": common.device_name(),
     }
 
 
@@ -85,15 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rng", nargs="+", choices=["generator", "legacy"], default=["generator", "legacy"],
                    help="generator: numpy Generator (grain's path); legacy: RandomState (MAT's exact stream)")
     p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
+    p.add_argument("--markdown", action="store_true", help="update the masks table of docs/BENCHMARKS.md")
     args = p.parse_args(argv)
     if args.seconds <= 0 or any(r < 8 for r in args.resolutions):
-        print("bench/masks.py: error: --seconds must be > 0 and --resolutions >= 8", file=sys.stderr)
-        return 2
+        common.fail("bench/masks.py", "--seconds must be > 0 and --resolutions >= 8")
+    rows = []
     for g in args.rng:
         for r in args.resolutions:
             for k in args.kinds:
-                print(json.dumps(bench_one(k, r, g, args.seconds)), flush=True)
+                rows.append(bench_one(k, r, g, args.seconds))
+                common.emit(rows[-1])
+    if args.markdown:
+        update_docs(rows)
     return 0
+
+
+def update_docs(rows: list[dict]) -> None:
+    common.update_markdown("masks", rows, key=("device", "kind", "resolution", "rng"), columns=MD_COLUMNS,
+                           title="Mask generation, one process (bench/masks.py)")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,16 @@ Prints one JSON line per (config, impl): median forward and forward+backward wal
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-from psm_jax.models.layers import MODCONV_IMPLS, ModulatedConv2d
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from psm_jax.models.layers import MODCONV_IMPLS, ModulatedConv2d  # noqa: E402
 
 FULL_CONFIGS = [  # batch, size, in, out, k
     (4, 64, 256, 256, 3),
@@ -31,13 +32,7 @@ QUICK_CONFIGS = [
 
 
 def _median_ms(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return common.time_fn(fn, *args, repeats=repeats)["median_s"] * 1e3  # the warm-up call compiles
 
 
 def main(argv: list[str]) -> None:
@@ -47,6 +42,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--impls", default=",".join(MODCONV_IMPLS))
     parser.add_argument("--up", type=int, default=1, choices=(1, 2))
     args = parser.parse_args(argv)
+    bad = [i for i in args.impls.split(",") if i not in MODCONV_IMPLS]
+    if bad or args.repeats < 1:
+        common.fail("bench/modconv.py", f"--impls takes a comma-separated subset of {','.join(MODCONV_IMPLS)} "
+                                        f"(got {args.impls!r}) and --repeats >= 1")
     for batch, size, fan_in, fan_out, k in FULL_CONFIGS if args.full else QUICK_CONFIGS:
         kx, ks = jax.random.split(jax.random.key(0))
         x = jax.random.normal(kx, (batch, size, size, fan_in))
@@ -57,12 +56,12 @@ def main(argv: list[str]) -> None:
             fwd = jax.jit(module.apply)
             loss = lambda v, x, s: jnp.sum(module.apply(v, x, s))  # noqa: E731
             fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
-            print(json.dumps({
+            common.emit({
                 "batch": batch, "size": size, "in": fan_in, "out": fan_out, "k": k, "up": args.up, "impl": impl,
                 "fwd_ms": round(_median_ms(fwd, variables, x, style, repeats=args.repeats), 2),
                 "fwd_bwd_ms": round(_median_ms(fwd_bwd, variables, x, style, repeats=args.repeats), 2),
-                "device": jax.devices()[0].platform,
-            }), flush=True)
+                "device": common.device_name(), "load1": common.load1(),
+            })
 
 
 if __name__ == "__main__":

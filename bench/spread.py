@@ -1,35 +1,32 @@
-"""Times the full pixel spread (paper Sec. 3.1.2) versus T; prints JSON lines.
+"""Times the full pixel spread (paper Sec. 3.1.2, project issue 7) versus T; prints JSON lines.
 
-    .venv/bin/python bench/spread.py [--model tiny|paper256] [--batch 4] [--iters 1 2 4 8] [--repeats 3]
+    .venv/bin/python bench/spread.py [--model tiny|paper256|paper512] [--batch 4] [--iters 1 2 4 8] [--repeats 3]
+    .venv/bin/python bench/spread.py --model paper512 --batch 1 --iters 4 --repeats 2   # 512 latency at T = 4
 
-For each T: compile time of the jitted spread (one lax.scan body, so it should be flat in T),
-median wall time of a run, and the overhead ratio ``spread_s / (T * forward_s)`` against a
-jitted single generator forward (the pick, i.e. one sort per image, and the sampling are the
-overhead). A final line reports ``compile_ratio_8_over_2`` (target: within 1.2).
+For each T: compile time of the jitted spread (one lax.scan body, so it should be flat in T), median wall time
+of a run (the whole spread is one jitted program: no host sync between iterations), and the overhead ratio
+``spread_s / (T * forward_s)`` against a jitted single generator forward (the pick, i.e. one sort per image, and
+the sampling are the overhead). A final line reports ``compile_ratio_8_over_2`` (target: within 1.2).
+Every row carries device, dtype and load1 (bench/common.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import time
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-from psm_jax.models.generator import Generator, make_apply_fn, model_config
-from psm_jax.spread import pixel_spread
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
+from psm_jax.models.generator import Generator, make_apply_fn, model_config  # noqa: E402
+from psm_jax.spread import pixel_spread  # noqa: E402
 
-def _median_time(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+MD_COLUMNS = ("device", "dtype", "model", "batch", "T", "spread_s", "forward_s", "overhead_ratio", "compile_s",
+              "load1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,38 +35,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--iters", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--max-seconds", type=float, default=None, help="cap on the timed repeats of each T")
+    ap.add_argument("--markdown", action="store_true", help="update the spread table of docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or min(args.iters) < 1:
-        print("bench/spread.py: need --batch >= 1, --repeats >= 1 and every --iters >= 1", file=sys.stderr)
-        return 2
+        common.fail("bench/spread.py", "need --batch >= 1, --repeats >= 1 and every --iters >= 1")
     gen = Generator(**model_config(args.model))
-    r, b = gen.resolution, args.batch
+    r, b, dt = gen.resolution, args.batch, jnp.dtype(args.dtype)
     k = jax.random.split(jax.random.key(0), 4)
-    image = jax.random.uniform(k[0], (b, r, r, 3)) * 2 - 1
-    mask = (jax.random.uniform(k[1], (b, r, r, 1)) > 0.6).astype(jnp.float32)
+    image = (jax.random.uniform(k[0], (b, r, r, 3)) * 2 - 1).astype(dt)
+    mask = (jax.random.uniform(k[1], (b, r, r, 1)) > 0.6).astype(dt)
     variables = jax.jit(lambda: gen.init({"params": k[2], "latent": k[3], "noise": k[3]},
                                          image, mask, mask, 1 - mask, 0.0))()
-    device = jax.devices()[0].device_kind
+    variables = jax.tree.map(lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, variables)
+    base = {"model": args.model, "batch": b, "dtype": args.dtype, "device": common.device_name()}
 
-    fwd = jax.jit(lambda v, i, m, key: make_apply_fn(gen, v)(i * m, m, m, 1 - m, jnp.zeros((b,)), key))
-    forward_s = _median_time(fwd, (variables, image, mask, k[3]), args.repeats)
-    print(json.dumps({"model": args.model, "batch": b, "forward_s": round(forward_s, 5),
-                      "device": device}), flush=True)
+    fwd = jax.jit(lambda v, i, m, key: make_apply_fn(gen, v)(i * m, m, m, 1 - m, jnp.zeros((b,), dt), key))
+    t = common.time_fn(fwd, variables, image, mask, k[3], repeats=args.repeats, max_seconds=args.max_seconds)
+    forward_s = t["median_s"]
+    common.emit({**base, "forward_s": round(forward_s, 5), "load1": t["load1"]})
 
-    compile_s = {}
+    compile_s, rows = {}, []
     for T in args.iters:
         spread = jax.jit(lambda v, i, m, key, T=T: pixel_spread(make_apply_fn(gen, v), i, m, key,
                                                                num_iters=T)["image"])
         t0 = time.perf_counter()
         compiled = spread.lower(variables, image, mask, k[3]).compile()
         compile_s[T] = time.perf_counter() - t0
-        spread_s = _median_time(compiled, (variables, image, mask, k[3]), args.repeats)
-        print(json.dumps({"model": args.model, "batch": b, "T": T, "compile_s": round(compile_s[T], 3),
-                          "spread_s": round(spread_s, 5),
-                          "overhead_ratio": round(spread_s / (T * forward_s), 3),
-                          "device": device}), flush=True)
+        t = common.time_fn(compiled, variables, image, mask, k[3], repeats=args.repeats,
+                           max_seconds=args.max_seconds)
+        row = {**base, "T": T, "compile_s": round(compile_s[T], 3), "spread_s": round(t["median_s"], 5),
+               "forward_s": round(forward_s, 5), "overhead_ratio": round(t["median_s"] / (T * forward_s), 3),
+               "load1": t["load1"]}
+        rows.append(row)
+        common.emit(row)
     if 2 in compile_s and 8 in compile_s:
-        print(json.dumps({"compile_ratio_8_over_2": round(compile_s[8] / compile_s[2], 3)}), flush=True)
+        common.emit({**base, "compile_ratio_8_over_2": round(compile_s[8] / compile_s[2], 3)})
+    if args.markdown:
+        common.update_markdown("spread", rows, key=("device", "dtype", "model", "batch", "T"), columns=MD_COLUMNS,
+                               title="Pixel spread vs T (bench/spread.py)")
     return 0
 
 
