@@ -113,6 +113,12 @@ class Generator(nn.Module):
     uncertainty_guided: bool = True                # Eq. 6 bias F(u); model F: False
     uga_channels: int = 32                         # hidden width of F (4 conv 3x3 layers)
     use_noise: bool = True                         # StyleGAN2 per-pixel noise in the decoder
+    # Supp. A: the style combines the global image feature with a *random* latent code. False
+    # feeds z = 0 (so w is the mapping network's constant output and the style is set by the
+    # image alone): a deterministic generator, used by the CPU demo, where a few minutes of
+    # training cannot teach the network to ignore a random modulation (at init the output
+    # varies ~9x more with z than with the image).
+    use_latent: bool = True
     log_var_min: float = -12.0                     # soft clamp of the log variance (sigma >= 0.0025)
     log_var_max: float = 4.0                       # (sigma <= 7.4, i.e. beyond the [-1,1] range)
 
@@ -167,7 +173,8 @@ class Generator(nn.Module):
         num_down = max(0, min(self.global_style_down, first_res))
         gs_BG = ToStyle(self.global_style_dim, num_down=num_down, name="to_style")(feat)
         if z is None:
-            z = jax.random.normal(self.make_rng("latent"), (b, self.z_dim), dtype)
+            z = (jax.random.normal(self.make_rng("latent"), (b, self.z_dim), dtype)
+                 if self.use_latent else jnp.zeros((b, self.z_dim), dtype))
         num_ws = 2 * NUM_DOWN + 2
         ws_BNW = MappingNetwork(self.z_dim, self.w_dim, num_ws, num_layers=self.mapping_layers,
                                 name="mapping")(z, update_w_avg=train).astype(dtype)
