@@ -229,3 +229,19 @@ def test_summary_cli(capsys):
     assert summary.main(["--config", "does/not/exist.py"]) == 2
     assert "does/not/exist.py" in capsys.readouterr().err
     assert summary.main(["--variant", "tiny", "--batch", "0"]) == 2
+
+
+@pytest.mark.slow  # shares the compiled tiny variables; one extra compile
+def test_use_latent_off_makes_the_generator_deterministic(tiny):
+    gen, variables, _ = tiny
+    det = gen.clone(use_latent=False, use_noise=True)
+    x, m0, u = _inputs(gen.resolution)
+    fwd = jax.jit(lambda k: det.apply(variables, x, m0, m0, u, 0.0, noise_mode="const",
+                                      rngs={"latent": k}), compiler_options=FAST_COMPILE)
+    a, _ = fwd(jax.random.key(1))
+    b, _ = fwd(jax.random.key(2))
+    np.testing.assert_array_equal(a, b)   # no random latent: the latent key is unused
+    # ... while with the latent on, the same two keys give different outputs.
+    sto = jax.jit(lambda k: gen.apply(variables, x, m0, m0, u, 0.0, noise_mode="const",
+                                      rngs={"latent": k}), compiler_options=FAST_COMPILE)
+    assert not np.allclose(sto(jax.random.key(1))[0], sto(jax.random.key(2))[0])
