@@ -117,7 +117,7 @@ def latest_step(workdir: str | Path) -> int | None:
     """The latest finished checkpoint step in a workdir, or None."""
     if not (Path(workdir) / "checkpoints").is_dir():
         return None
-    return make_manager(workdir, async_save=False, data_handler=False).latest_step()
+    return make_manager(workdir, async_save=False).latest_step()
 
 
 def digest(workdir: str | Path) -> tuple[int, str]:
@@ -125,7 +125,7 @@ def digest(workdir: str | Path) -> tuple[int, str]:
     ckpt_dir = Path(workdir) / "checkpoints"
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{workdir}: no checkpoints/ directory")
-    mngr = make_manager(workdir, async_save=False, data_handler=False)
+    mngr = make_manager(workdir, async_save=False)
     step = mngr.latest_step()
     if step is None:
         raise FileNotFoundError(f"{ckpt_dir}: no finished checkpoint")

@@ -65,7 +65,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collectio
     """(config, G_ema variables) of the latest (or given) checkpoint in a workdir."""
     from psm_jax import checkpoint as ckpt
 
-    mngr = ckpt.make_manager(workdir, async_save=False, data_handler=False)
+    mngr = ckpt.make_manager(workdir, async_save=False)
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{workdir}: no finished checkpoint")
