@@ -75,7 +75,9 @@ def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 3, warmup: int = 
 
     ``args_fn(i)`` (optional) gives the arguments of call i instead of ``args`` (fresh keys, donated state).
     ``max_seconds`` stops early once that much time was spent timing (at least one timed call is made).
-    Returns median_s, min_s, repeats (the timed calls made), times_s and load1.
+    Returns median_s, min_s, repeats (the timed calls made), times_s, cpu_s and load1. ``cpu_s`` is this
+    process's CPU time per timed call (all threads): on a machine shared with other jobs it is much less
+    inflated than wall time, and wall time on an idle machine with C cores is at least cpu_s / C.
     """
     import jax
 
@@ -84,16 +86,17 @@ def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 3, warmup: int = 
     for i in range(warmup):
         jax.block_until_ready(call(-1 - i))
     times: list[float] = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(call(i))
         times.append(time.perf_counter() - t0)
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
+    cpu_s = (time.process_time() - cpu_start) / len(times)
     loads = [x for x in (load_before, load1()) if x is not None]
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times),
-            "times_s": [round(t, 5) for t in times], "load1": max(loads) if loads else None}
+            "times_s": [round(t, 5) for t in times], "cpu_s": cpu_s, "load1": max(loads) if loads else None}
 
 
 def xla_flops(lowered_or_compiled: Any) -> float:
@@ -144,10 +147,11 @@ def _parse_table(block: str) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
-def render_table(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
+def render_table(columns: Sequence[str], rows: Iterable[dict[str, str]]) -> str:
+    """A Markdown table of already formatted (``_fmt``) cells."""
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
-        out.append("| " + " | ".join(r[c] if isinstance(r.get(c), str) else _fmt(r.get(c)) for c in columns) + " |")
+        out.append("| " + " | ".join(r.get(c, "") for c in columns) + " |")
     return "\n".join(out)
 
 
@@ -167,7 +171,7 @@ def update_markdown(section: str, rows: Sequence[dict[str, Any]], *, key: Sequen
     missing = [k for k in key if k not in columns]
     if missing:
         raise ValueError(f"update_markdown({section!r}): key columns {missing} not among the columns")
-    new = [{c: (_fmt(r.get(c)) if not isinstance(r.get(c), str) else r[c]) for c in columns} for r in rows]
+    new = [{c: _fmt(r.get(c)) for c in columns} for r in rows]
     i, j = text.find(begin), text.find(end)
     old: list[dict[str, str]] = []
     if i >= 0 and j > i:

@@ -9,7 +9,9 @@ Resolution 512 uses model_config("paper512"), 256 "paper256", 32 "tiny". Keys: r
 median_s (median wall time of the jitted forward after one warm-up call), compile_s, gflop (XLA cost analysis
 of the compiled forward: 2 FLOPs per multiply-add, counting only taps that read real input, so neither the
 'same' padding nor the zeros of the up-2 (lhs-dilated) convs are counted), gflop_per_s = gflop / median_s,
-repeats, load1 (1-minute load average, see bench/common.py), device. Without --json a readable line is printed
+min_s, cpu_s (process CPU seconds per forward, all threads) and gflop_per_cpu_s = gflop / cpu_s (robust to
+other jobs on a shared machine: an idle C-core machine reaches at most C x that), repeats, load1 (1-minute
+load average, see bench/common.py), device. Without --json a readable line is printed
 instead. ``--max-seconds`` stops the timed repeats of one configuration early (at least one is kept); on a
 2-core CPU one 512 batch-8 forward takes ~20 s.
 """
@@ -29,8 +31,8 @@ import jax.numpy as jnp  # noqa: E402
 from psm_jax.models.generator import Generator, model_config  # noqa: E402
 
 VARIANTS = {512: "paper512", 256: "paper256", 32: "tiny"}
-MD_COLUMNS = ("device", "dtype", "resolution", "batch", "median_s", "gflop", "gflop_per_s", "compile_s", "repeats",
-              "load1")
+MD_COLUMNS = ("device", "dtype", "resolution", "batch", "median_s", "gflop", "gflop_per_s", "gflop_per_cpu_s",
+              "compile_s", "repeats", "load1")
 
 
 def bench(resolution: int, batch: int, repeats: int, dtype: str = "float32",
@@ -59,8 +61,10 @@ def bench(resolution: int, batch: int, repeats: int, dtype: str = "float32",
                             args_fn=lambda i: (variables, x, m, u, t, jax.random.fold_in(k[3], i + 1)))
     median_s = timing["median_s"]
     return {"resolution": resolution, "batch": batch, "dtype": dtype, "median_s": round(median_s, 5),
-            "compile_s": round(compile_s, 3), "gflop": round(gflop, 3),
-            "gflop_per_s": round(gflop / median_s, 2), "repeats": timing["repeats"], "load1": timing["load1"],
+            "min_s": round(timing["min_s"], 5), "compile_s": round(compile_s, 3), "gflop": round(gflop, 3),
+            "gflop_per_s": round(gflop / median_s, 2), "cpu_s": round(timing["cpu_s"], 4),
+            "gflop_per_cpu_s": round(gflop / timing["cpu_s"], 2), "repeats": timing["repeats"],
+            "load1": timing["load1"],
             "device": common.device_name()}
 
 
