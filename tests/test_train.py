@@ -136,7 +136,8 @@ def _params(workdir: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_same_params_on_1_8_devices_and_2_processes(tmp_path):
-    two_steps = ("--config.total_steps=2", "--config.ckpt_every=2")
+    # Global batch 8: one example per device on the 8-device mesh, the same batch for all runs.
+    two_steps = ("--config.total_steps=2", "--config.ckpt_every=2", "--config.batch_size=8")
     one, eight, multi = tmp_path / "one", tmp_path / "eight", tmp_path / "multi"
     _run(one, *two_steps, devices=1)
     _run(eight, *two_steps, "--config.mesh.fsdp=2", devices=8)   # data x fsdp = 4 x 2
@@ -158,7 +159,8 @@ def test_same_params_on_1_8_devices_and_2_processes(tmp_path):
                 np.testing.assert_allclose(flat_other[name], v, rtol=1e-4, atol=1e-5, err_msg=f"{key}{name}")
         assert int(other["step"]) == 2
     # A checkpoint written on 8 devices resumes on 1 device.
-    r = _run(eight, "--config.total_steps=3", "--config.ckpt_every=3", devices=1)
+    r = _run(eight, "--config.total_steps=3", "--config.ckpt_every=3", "--config.batch_size=8",
+             devices=1)
     assert "resumed" in r.stdout and ckpt.latest_step(eight) == 3
 
 
