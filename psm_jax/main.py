@@ -40,5 +40,19 @@ def main(argv):
         sys.exit(2)
 
 
+def _parse_flags(argv):
+    """absl parsing, but a bad flag, config file or override key is one line and exit 2."""
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - flags, config files and overrides raise many types
+        text = str(e)
+        if "Traceback" in text:  # a config file that raised: keep the flag and its last line
+            lines = [l for l in text.splitlines() if l.strip()]
+            text = f"{lines[0].split(': Error')[0]}: {lines[-1]}"
+        message = " ".join(text.replace("\\n", " ").split()).strip("'\"")
+        print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

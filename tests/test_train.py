@@ -210,3 +210,12 @@ def test_bf16_train_step_keeps_f32_state():
     for leaf in jax.tree.leaves((state["g_params"], state["d_params"], state["g_opt"])):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
             assert leaf.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("override", ["--config.optim.lrr=1", "--config.batch_size=abc"])
+def test_bad_config_override_is_one_line_error(tmp_path, override):
+    r = subprocess.run(_main_cmd(tmp_path / "w", override), env=_env(), cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
