@@ -90,7 +90,12 @@ def base_config() -> ml_collections.ConfigDict:
         perceptual_random_init=False,
     ))
 
-    c.optim = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.0, b2=0.99, eps=1e-8))
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=1e-3, b1=0.0, b2=0.99, eps=1e-8,
+        # G's and D's learning rates are lr * g_lr_mult and lr * d_lr_mult. MAT and the paper use
+        # one lr for both (1.0, 1.0); short runs (the CPU demo) train G faster than D.
+        g_lr_mult=1.0, d_lr_mult=1.0,
+    ))
 
     c.ema = ml_collections.ConfigDict(dict(
         kimg=10.0,                      # StyleGAN2: ema_kimg = batch * 10 / 32 -> 10 at batch 32

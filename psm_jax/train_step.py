@@ -55,9 +55,9 @@ def _cast(tree: Any, dtype: jnp.dtype) -> Any:
 def make_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
                                                                  optax.GradientTransformation]:
     o = config.optim
-    g_tx = optax.adam(o.lr, b1=o.b1, b2=o.b2, eps=o.eps)
+    g_tx = optax.adam(o.lr * o.g_lr_mult, b1=o.b1, b2=o.b2, eps=o.eps)
     # D shares one Adam between its main and lazy-R1 steps; StyleGAN2 rescales both.
-    lr, b1, b2 = losses.lazy_reg_adam_hparams(o.lr, o.b1, o.b2, config.loss.r1_interval)
+    lr, b1, b2 = losses.lazy_reg_adam_hparams(o.lr * o.d_lr_mult, o.b1, o.b2, config.loss.r1_interval)
     d_tx = optax.adam(lr, b1=b1, b2=b2, eps=o.eps)
     return g_tx, d_tx
 

@@ -219,3 +219,22 @@ def test_bad_config_override_is_one_line_error(tmp_path, override):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_g_and_d_learning_rate_multipliers():
+    import jax.numpy as jnp
+
+    from psm_jax import losses
+    from psm_jax import train_step as ts
+    from psm_jax.config_lib import load_config
+
+    cfg = load_config(TINY, {"optim.lr": 1e-3, "optim.g_lr_mult": 3.0, "optim.d_lr_mult": 0.5})
+    g_tx, d_tx = ts.make_optimizers(cfg)
+    params = {"w": jnp.zeros((4,))}
+    grads = {"w": jnp.ones((4,))}
+    # Adam's first step moves every parameter by -lr * g / |g| (up to eps): the learning rate itself.
+    g_step = g_tx.update(grads, g_tx.init(params), params)[0]["w"]
+    d_step = d_tx.update(grads, d_tx.init(params), params)[0]["w"]
+    d_lr = losses.lazy_reg_adam_hparams(1e-3 * 0.5, cfg.optim.b1, cfg.optim.b2, cfg.loss.r1_interval)[0]
+    np.testing.assert_allclose(g_step, -3e-3, rtol=1e-4)
+    np.testing.assert_allclose(d_step, -d_lr, rtol=1e-4)
