@@ -245,3 +245,26 @@ def test_use_latent_off_makes_the_generator_deterministic(tiny):
     sto = jax.jit(lambda k: gen.apply(variables, x, m0, m0, u, 0.0, noise_mode="const",
                                       rngs={"latent": k}), compiler_options=FAST_COMPILE)
     assert not np.allclose(sto(jax.random.key(1))[0], sto(jax.random.key(2))[0])
+
+
+def test_output_gain_scales_both_heads_before_the_clamp(tiny):
+    gen, variables, _ = tiny
+    x, m0, u = _inputs(gen.resolution)
+    z = jnp.zeros((B, gen.z_dim))
+
+    def run(g, **fields):
+        g = gen.clone(output_gain=g, **fields)
+        return jax.jit(lambda: g.apply(variables, x, m0, m0, u, 0.0, z=z, noise_mode="const"),
+                       compiler_options=FAST_COMPILE)()
+
+    mean1, log_var1 = run(1.0)
+    mean2, log_var2 = run(0.1)
+    np.testing.assert_allclose(mean2, 0.1 * mean1, rtol=1e-5, atol=1e-6)
+    # The gain acts before the soft clamp: with a clamp range far outside the values the clamp is
+    # the identity (to ~1e-4), so the raw log variance scales exactly like the mean.
+    wide = dict(log_var_min=-50.0, log_var_max=50.0)
+    raw1, raw2 = run(1.0, **wide)[1], run(0.1, **wide)[1]
+    np.testing.assert_allclose(raw2, 0.1 * raw1, atol=1e-3)
+    np.testing.assert_allclose(log_var2, soft_clamp(raw2, gen.log_var_min, gen.log_var_max), atol=1e-3)
+    # The reason for the field: the initial log variance is far less spread out.
+    assert float(jnp.std(log_var2)) < 0.5 * float(jnp.std(log_var1))

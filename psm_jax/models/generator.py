@@ -121,6 +121,12 @@ class Generator(nn.Module):
     use_latent: bool = True
     log_var_min: float = -12.0                     # soft clamp of the log variance (sigma >= 0.0025)
     log_var_max: float = 4.0                       # (sigma <= 7.4, i.e. beyond the [-1,1] range)
+    # Gain on the summed ToRGB output (both heads). MAT uses 1.0; its decoder then starts with an
+    # output std of ~4 (six ToRGB scales plus U-Net skips add up), so the initial log variance is
+    # spread over about +-7 and sits on the soft clamp for many pixels, where the NLL gradient of
+    # a tiny sigma (~err^2 / sigma^2) is huge and the clamped one is ~0. A short run (the CPU
+    # demo) starts near mean 0 / sigma 1 with 0.1 instead.
+    output_gain: float = 1.0
 
     def channels(self, down: int) -> int:
         """Channels at H / 2**down: 64, 128, 256, 512, 512, 512."""
@@ -189,6 +195,8 @@ class Generator(nn.Module):
                 feat, img, ws_BNW, gs_BG, skips, noise_mode)
             feat = self._attention("dec", feat, u, d)
 
+        if self.output_gain != 1.0:
+            img = img * jnp.asarray(self.output_gain, img.dtype)
         mean_BHW3 = img[..., :3]
         log_var_BHW3 = soft_clamp(img[..., 3:], self.log_var_min, self.log_var_max)
         return mean_BHW3, log_var_BHW3
