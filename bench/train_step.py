@@ -3,6 +3,7 @@
     .venv/bin/python bench/train_step.py                               # tiny and 256, batch 2, remat off/on
     .venv/bin/python bench/train_step.py --configs tiny --batch 4 8 --repeats 5
     .venv/bin/python bench/train_step.py --configs 512 --batch 2 --remat on --max-seconds 120 --dtype bfloat16
+    .venv/bin/python bench/train_step.py --configs 512 --batch 1 2 --compile-only   # FLOPs + memory estimate only
 
 The step is built exactly as psm_jax.train does it: ``build_models``, ``init_state``, ``make_train_step`` and
 ``make_r1_step``, jitted with the state donated, from ``configs/psm.py:tiny`` / ``:places256`` / ``:places512``
@@ -69,18 +70,31 @@ def _peak_gflop_per_s(dtype: str) -> tuple[float, str]:
 
 
 def bench(config_name: str, batch: int, remat: bool, dtype: str, repeats: int, max_seconds: float | None,
-          pcp: bool, peak_gflop_per_s: float) -> dict:
+          pcp: bool, peak_gflop_per_s: float, compile_only: bool = False) -> dict:
     overrides = {"batch_size": batch, "spread.remat": remat, "compute_dtype": dtype}
     overrides.update({"loss.perceptual_random_init": True} if pcp else {"loss.pcp_weight": 0.0})
     config = config_lib.load_config(CONFIGS[config_name], overrides)
     models = trainer.build_models(config)
-    state = jax.jit(lambda k: trainer.init_state(config, models, k))(jax.random.key(config.seed))
     r = config.model.resolution
+    train_step = jax.jit(ts.make_train_step(config, models), donate_argnums=0)
+    if compile_only:
+        # Shapes only: nothing is allocated, so a config too large for this host's memory still
+        # gets its FLOP count and XLA's memory estimate (e.g. 512 on a 24 GiB CPU machine).
+        state = jax.eval_shape(lambda k: trainer.init_state(config, models, k), jax.random.key(config.seed))
+        batch_data = {"image": jax.ShapeDtypeStruct((batch, r, r, 3), jnp.float32),
+                      "mask": jax.ShapeDtypeStruct((batch, r, r, 1), jnp.float32)}
+        t0 = time.perf_counter()
+        compiled = train_step.lower(state, batch_data).compile()
+        return {"bench": "train_step", "config": config_name, "batch": batch, "remat": remat, "dtype": dtype,
+                "T_train": config.spread.train_iters, "pcp": pcp, "compile_only": True,
+                "compile_s": round(time.perf_counter() - t0, 2),
+                "gflop_step": round(common.xla_flops(compiled) / 1e9, 2), **_memory(compiled),
+                "load1": common.load1(), "device": common.device_name()}
+    state = jax.jit(lambda k: trainer.init_state(config, models, k))(jax.random.key(config.seed))
     rng = np.random.default_rng(0)
     batch_data = {"image": jnp.asarray(rng.uniform(-1, 1, (batch, r, r, 3)), jnp.float32),
                   "mask": jnp.asarray(rng.uniform(size=(batch, r, r, 1)) > 0.5, jnp.float32)}
 
-    train_step = jax.jit(ts.make_train_step(config, models), donate_argnums=0)
     r1_step = jax.jit(ts.make_r1_step(config, models), donate_argnums=0)
     t0 = time.perf_counter()
     compiled = train_step.lower(state, batch_data).compile()
@@ -139,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=None, help="cap on the timed steps of each configuration")
     ap.add_argument("--pcp", action="store_true", help="keep the perceptual loss (random ResNet-50 weights)")
     ap.add_argument("--markdown", action="store_true", help="update the train-step table of docs/BENCHMARKS.md")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="compile from shapes only: FLOPs and memory estimate, no timing (configs too big for this host)")
     args = ap.parse_args(argv)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [c for c in names if c not in CONFIGS]
@@ -156,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             for b in args.batch:
                 for remat in remats:
-                    row = bench(name, b, remat, dtype, args.repeats, args.max_seconds, args.pcp, peak_value)
+                    row = bench(name, b, remat, dtype, args.repeats, args.max_seconds, args.pcp, peak_value,
+                                args.compile_only)
                     rows.append(row)
                     common.emit(row)
     if args.markdown:
