@@ -109,10 +109,15 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_losses_decrease_on_tiny(tmp_path):
-    """The supervised terms must go down in a short run (the GAN terms need not)."""
+    """The supervised terms must go down in a short run (the GAN terms need not).
+
+    From MAT's initialisation (output gain 1, the paper's NLL weighting): the demo config's
+    output_gain 0.1 starts the mean near its 40-step level already, so 40 tiny steps would not show
+    a clear descent there."""
     w = tmp_path / "w"
     _run(w, "--config.total_steps=40", "--config.ckpt_every=40", "--config.loss.l1_weight=1.0",
-         "--config.sample_every=20")
+         "--config.sample_every=20", "--config.model.output_gain=1.0", "--config.loss.nll_weight=1e-4",
+         "--config.loss.nll_region=all")
     assert sorted(p.name for p in (w / "samples").iterdir()) == ["00000020.png", "00000040.png"]
     assert list((w / "tb").iterdir()), "no TensorBoard event file"
     l1 = _metric(w, "g_l1")
