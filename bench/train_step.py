@@ -77,6 +77,8 @@ def bench(config_name: str, batch: int, remat: bool, dtype: str, repeats: int, m
     models = trainer.build_models(config)
     r = config.model.resolution
     train_step = jax.jit(ts.make_train_step(config, models), donate_argnums=0)
+    base = {"bench": "train_step", "config": config_name, "batch": batch, "remat": remat, "dtype": dtype,
+            "T_train": config.spread.train_iters, "pcp": pcp}
     if compile_only:
         # Shapes only: nothing is allocated, so a config too large for this host's memory still
         # gets its FLOP count and XLA's memory estimate (e.g. 512 on a 24 GiB CPU machine).
@@ -85,8 +87,7 @@ def bench(config_name: str, batch: int, remat: bool, dtype: str, repeats: int, m
                       "mask": jax.ShapeDtypeStruct((batch, r, r, 1), jnp.float32)}
         t0 = time.perf_counter()
         compiled = train_step.lower(state, batch_data).compile()
-        return {"bench": "train_step", "config": config_name, "batch": batch, "remat": remat, "dtype": dtype,
-                "T_train": config.spread.train_iters, "pcp": pcp, "compile_only": True,
+        return {**base, "compile_only": True,
                 "compile_s": round(time.perf_counter() - t0, 2),
                 "gflop_step": round(common.xla_flops(compiled) / 1e9, 2), **_memory(compiled),
                 "load1": common.load1(), "device": common.device_name()}
@@ -126,8 +127,7 @@ def bench(config_name: str, batch: int, remat: bool, dtype: str, repeats: int, m
     step_s = statistics.median(times)
     interval = config.loss.r1_interval
     gflop_per_s = flops / 1e9 / step_s
-    row = {"bench": "train_step", "config": config_name, "batch": batch, "remat": remat, "dtype": dtype,
-           "T_train": config.spread.train_iters, "pcp": pcp, "step_s": round(step_s, 4),
+    row = {**base, "step_s": round(step_s, 4),
            "img_per_s": round(batch / step_s, 3), "r1_s": round(r1_s, 4),
            "img_per_s_with_r1": round(batch / (step_s + r1_s / interval), 3), "repeats": len(times),
            "compile_s": round(compile_s, 2), "compile_r1_s": round(compile_r1_s, 2),
