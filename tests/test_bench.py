@@ -1,0 +1,39 @@
+"""The bench/ scripts' command-line contract (issue 7): JSON lines with the documented keys.
+
+The speed targets themselves are measured by the scripts, never asserted here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_generator_json_lines_have_the_documented_keys():
+    r = _bench("generator.py", "--resolution", "32", "--batch", "1", "2", "--repeats", "1", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [(row["resolution"], row["batch"]) for row in rows] == [(32, 1), (32, 2)]
+    for row in rows:
+        assert {"resolution", "batch", "median_s", "gflop", "gflop_per_s"} <= row.keys()
+        assert row["median_s"] > 0 and row["gflop"] > 0
+        assert abs(row["gflop_per_s"] - row["gflop"] / row["median_s"]) <= 0.01 * row["gflop_per_s"] + 0.01
+    # Twice the batch is about twice the work (XLA's FLOP count, not a timing).
+    assert 1.8 < rows[1]["gflop"] / rows[0]["gflop"] < 2.2
+
+
+def test_bad_arguments_are_one_line_errors():
+    r = _bench("train_step.py", "--configs", "bogus")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "--configs" in r.stderr.strip().splitlines()[-1]
