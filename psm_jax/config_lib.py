@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
         # each iteration is supervised on its own (Eq. 10 sums per-iteration losses), so by
         # default the carry is a stop-gradient, like the noisy inputs of a diffusion model.
         grad_through_iters=False,
+        # Eq. 5 re-samples every generated pixel from the newest mean (True). False keeps each
+        # pixel from the iteration that picked it (our option; see spread.py).
+        resample_committed=True,
         remat=False,                    # jax.checkpoint on the scan body (memory vs compute)
         # Unroll the training spread (T_train is 2-3): XLA CPU runs the backward of a conv scan
         # body ~5x slower than unrolled (see spread.pixel_spread). Inference always scans.

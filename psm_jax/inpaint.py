@@ -52,7 +52,9 @@ def make_inpaint_fn(config: ml_collections.ConfigDict, *, num_iters: int | None 
     def fn(variables, image, mask, key):
         return pixel_spread(generator_apply_fn(models, variables, noise_mode=noise_mode),
                             image, mask, key, num_iters=T, schedule=config.spread.schedule,
-                            alpha=config.spread.alpha, return_trajectory=return_trajectory)
+                            alpha=config.spread.alpha, return_trajectory=return_trajectory,
+                            # Configs saved before this field existed ran Eq. 5 as written.
+                            resample_committed=config.spread.get("resample_committed", True))
     return fn
 
 

@@ -121,7 +121,8 @@ def _g_loss(g_params, state, batch, key, *, config, models):
                        k_spread, num_iters=sp.train_iters, schedule=sp.schedule, alpha=sp.alpha,
                        return_trajectory=True, remat=sp.remat,
                        stop_grad_between_iters=not sp.grad_through_iters,
-                       unroll=True if sp.unroll_train else 1)
+                       unroll=True if sp.unroll_train else 1,
+                       resample_committed=sp.resample_committed)
     traj = jax.tree.map(lambda a: a.astype(jnp.float32), out["trajectory"])
     mean_TBHWC, log_var_TBHWC = traj["mean"], traj["log_var"]
     T, B = mean_TBHWC.shape[:2]

@@ -268,3 +268,20 @@ def test_output_gain_scales_both_heads_before_the_clamp(tiny):
     np.testing.assert_allclose(log_var2, soft_clamp(raw2, gen.log_var_min, gen.log_var_max), atol=1e-3)
     # The reason for the field: the initial log variance is far less spread out.
     assert float(jnp.std(log_var2)) < 0.5 * float(jnp.std(log_var1))
+
+
+def test_time_input_off_ignores_t(tiny):
+    gen, variables, _ = tiny
+    x, m0, u = _inputs(gen.resolution)
+    z = jnp.zeros((B, gen.z_dim))
+
+    def run(g, t):
+        return jax.jit(lambda: g.apply(variables, x, m0, m0, u, t, z=z, noise_mode="const"),
+                       compiler_options=FAST_COMPILE)()
+
+    off = gen.clone(time_input=False)
+    a, b = run(off, 0.0), run(off, 0.75)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    # Same parameters (the channel is still there, fed 0 = the t = 1/2 input of the default).
+    jax.tree.map(np.testing.assert_array_equal, a, run(gen, 0.5))
+    assert not np.allclose(run(gen, 0.0)[0], run(gen, 0.75)[0])

@@ -173,6 +173,46 @@ def test_sampling_follows_eq5(batch):
     np.testing.assert_array_equal(traj["x"][-1][gen], traj["mean"][-1][gen])
 
 
+def test_frozen_committed_pixels_keep_their_first_value(batch):
+    """resample_committed=False: a pixel keeps the sample of the iteration that picked it."""
+    image, mask = batch
+    alpha = 0.5
+    run = jax.jit(lambda i, m, k: pixel_spread(dummy_apply_fn, i, m, k, num_iters=4, alpha=alpha,
+                                               return_trajectory=True, resample_committed=False))
+    out = jax.tree.map(np.asarray, run(image, mask, jax.random.key(4)))
+    traj = out["trajectory"]
+    known0 = np.asarray(mask)[..., 0] > 0.5
+    prev = known0
+    owner = np.full(known0.shape, -1)
+    zs = []
+    for t in range(4):
+        now = traj["mask"][t][..., 0] > 0.5
+        fresh = now & ~prev
+        owner[fresh] = t
+        # Fresh pixels follow Eq. 5: mean + alpha * sigma * z, no noise at the last iteration.
+        if t < 3:
+            zs.append(((traj["x"][t] - traj["mean"][t]) / (alpha * traj["std"][t]))[fresh].ravel())
+        else:
+            np.testing.assert_array_equal(traj["x"][t][fresh], traj["mean"][t][fresh])
+        # ... and earlier ones are copied bit for bit.
+        old = prev & ~known0
+        if t > 0:
+            np.testing.assert_array_equal(traj["x"][t][old], traj["x"][t - 1][old])
+        prev = now
+    z = np.concatenate(zs)
+    assert z.size > 500 and abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.1
+    hole = ~known0
+    assert (owner[hole] >= 0).all() and len(set(owner[hole].tolist())) == 4
+    # The output is each hole pixel's value from its own iteration, not mean_T.
+    first = owner == 0
+    np.testing.assert_array_equal(out["image"][first], traj["x"][0][first])
+    assert not np.allclose(out["image"][first], traj["mean"][-1][first])
+    np.testing.assert_array_equal(out["image"][known0], np.asarray(image)[known0])
+    # The default (Eq. 5) differs exactly there: it re-samples the committed pixels.
+    lit = run_spread(image, mask, jax.random.key(4), 4, alpha=alpha)
+    np.testing.assert_array_equal(lit["image"][hole], lit["trajectory"]["mean"][-1][hole])
+
+
 def test_keys_determinism_and_hole_only_changes(batch):
     image, mask = batch
     a = run_spread(image, mask, jax.random.key(7), 4)

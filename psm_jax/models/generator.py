@@ -4,6 +4,7 @@ A U-Net with a StyleGAN2 decoder that maps one spread iteration's input to the m
 variance of every pixel (the decoupled probabilistic modelling of Sec. 3.1.1):
 
     input [B,H,W,7] = [x_{t-1} (3), m_0 - 1/2, m_{t-1} - 1/2, u_{t-1} - 1/2, t_frac - 1/2]
+    (the last channel is 0 when ``time_input`` is False)
     output (mean [B,H,W,3], log_var [B,H,W,3])
 
 Encoder (Supp. A): ``EncFromRGB`` (1x1 + 3x3 lrelu convs) to ``channel_base`` = 64 channels at
@@ -127,6 +128,11 @@ class Generator(nn.Module):
     # a tiny sigma (~err^2 / sigma^2) is huge and the clamped one is ~0. A short run (the CPU
     # demo) starts near mean 0 / sigma 1 with 0.1 instead.
     output_gain: float = 1.0
+    # Supp. A feeds the time step as the 7th input channel. False feeds a constant 0 there, so the
+    # network cannot condition on t: the CPU demo trains with T = 2 (t = 0, 1/2) and tests with
+    # T = 4 (t = 0, 1/4, 1/2, 3/4); a few minutes of training do not teach it to interpolate in
+    # t, while the mask channels already say how far the spread has got.
+    time_input: bool = True
 
     def channels(self, down: int) -> int:
         """Channels at H / 2**down: 64, 128, 256, 512, 512, 512."""
@@ -161,9 +167,11 @@ class Generator(nn.Module):
         self._check(h, w)
         dtype = x.dtype
         t_B = jnp.broadcast_to(jnp.asarray(t_frac, dtype).reshape(-1), (b,))
-        t_BHW1 = jnp.broadcast_to(t_B[:, None, None, None], (b, h, w, 1))
+        t_BHW1 = jnp.broadcast_to(t_B[:, None, None, None] - 0.5, (b, h, w, 1))
+        if not self.time_input:
+            t_BHW1 = jnp.zeros_like(t_BHW1)
         in_BHW7 = jnp.concatenate(
-            [x, m0.astype(dtype) - 0.5, m.astype(dtype) - 0.5, u.astype(dtype) - 0.5, t_BHW1 - 0.5], -1)
+            [x, m0.astype(dtype) - 0.5, m.astype(dtype) - 0.5, u.astype(dtype) - 0.5, t_BHW1], -1)
 
         # ---- encoder: H -> H/32, keeping each scale's features for the U-Net skips.
         top = int(math.log2(self.resolution))           # log2 of the training resolution
