@@ -10,6 +10,11 @@ Design decisions where the paper is silent (each is a config field):
   (Eq. 1) trains only the variance (``sg[mu]``). Model D of Table 1 (``decoupled=False``) drops
   the NLL and supervises the *sampled* result ``mu_t + sigma_t * z``, so the variance is trained
   only through the adversarial and perceptual losses.
+* **Frozen spread** (``spread.resample_committed = False``, our option): iteration t is judged
+  on the image it outputs, i.e. the pixels committed before it (data, no gradient) plus its own
+  prediction elsewhere; its L1 and NLL (region "hole") cover only the pixels still open at its
+  input. With Eq. 5 as written (the default) every iteration is judged on its mean over the
+  whole initial hole.
 * **Gradients between iterations** (``spread.grad_through_iters``, default off): the input of
   iteration t+1 is treated as data, so each iteration is supervised on its own.
 * **D's fakes.** D is updated on the fakes produced in the same step by the pre-update G (one
@@ -131,6 +136,18 @@ def _g_loss(g_params, state, batch, key, *, config, models):
     else:  # model D: supervise the sample; the variance gets gradients through it
         z = jax.random.normal(k_sample, mean_TBHWC.shape)
         pred_TBHWC = mean_TBHWC + jnp.exp(0.5 * log_var_TBHWC) * z
+    # m_{t-1}, the mask each iteration was given (m_0 for the first).
+    m_in_TBHW1 = jnp.concatenate([m0[None].astype(jnp.float32), traj["mask"][:-1]], axis=0)
+    if not sp.resample_committed:
+        # Frozen spread: iteration t outputs x_{t-1} on the pixels committed before it and its own
+        # prediction on the rest, so it is judged on that image. Committed pixels are data (no
+        # gradient); the L1 and the NLL cover only the pixels still open at its input.
+        x_in_TBHWC = jnp.concatenate([jnp.zeros_like(real)[None].astype(jnp.float32),
+                                      traj["x"][:-1]], axis=0)
+        committed_TBHW1 = (m_in_TBHW1 > 0.5) & (m0[None] < 0.5)
+        pred_TBHWC = jnp.where(committed_TBHW1, jax.lax.stop_gradient(x_in_TBHWC), pred_TBHWC)
+    else:
+        m_in_TBHW1 = jnp.broadcast_to(m0[None], m_in_TBHW1.shape)
     fake_TBHWC = m0 * real + (1.0 - m0) * pred_TBHWC
     fake_NHWC = fake_TBHWC.reshape((T * B,) + fake_TBHWC.shape[2:])
     m0_N = jnp.tile(m0, (T, 1, 1, 1))
@@ -151,10 +168,10 @@ def _g_loss(g_params, state, batch, key, *, config, models):
             terms["pcp"] = models.perceptual_fn(models.perceptual_params, fake_TBHWC[j], real)
         if weights["nll"]:
             nll = losses.discretized_gaussian_nll(real, mean_TBHWC[j], log_var_TBHWC[j])
-            terms["nll"] = losses.reduce_nll(nll, m0, region=lw.nll_region,
+            terms["nll"] = losses.reduce_nll(nll, m_in_TBHW1[j], region=lw.nll_region,
                                              reduction=lw.nll_reduction)
         if weights["l1"]:
-            terms["l1"] = losses.l1_loss(fake_TBHWC[j], real, weight_mask=1.0 - m0)
+            terms["l1"] = losses.l1_loss(fake_TBHWC[j], real, weight_mask=1.0 - m_in_TBHW1[j])
         per_iter.append(terms)
     total, terms = losses.generator_loss(per_iter, weights)
     terms.pop("g_total")

@@ -243,3 +243,42 @@ def test_g_and_d_learning_rate_multipliers():
     d_lr = losses.lazy_reg_adam_hparams(1e-3 * 0.5, cfg.optim.b1, cfg.optim.b2, cfg.loss.r1_interval)[0]
     np.testing.assert_allclose(g_step, -3e-3, rtol=1e-4)
     np.testing.assert_allclose(d_step, -d_lr, rtol=1e-4)
+
+
+def test_frozen_spread_supervises_the_output_image():
+    """spread.resample_committed=False: iteration t's L1 is the hole L1 of the image it outputs,
+    over the pixels still open at its input; iteration 1 is unchanged."""
+    import jax
+    import jax.numpy as jnp
+
+    from psm_jax import losses, train, train_step as ts
+    from psm_jax.config_lib import load_config
+    from psm_jax.spread import pixel_spread
+
+    def g_terms(resample):
+        cfg = load_config(TINY, {"spread.resample_committed": resample, "spread.train_iters": 2,
+                                 "loss.l1_weight": 1.0})
+        models = train.build_models(cfg)
+        state = jax.jit(lambda k: train.init_state(cfg, models, k))(jax.random.key(0))
+        R = cfg.model.resolution
+        rng = np.random.default_rng(0)
+        batch = {"image": jnp.asarray(rng.uniform(-1, 1, (cfg.batch_size, R, R, 3)), jnp.float32),
+                 "mask": jnp.asarray(rng.uniform(size=(cfg.batch_size, R, R, 1)) > 0.5, jnp.float32)}
+        key = jax.random.key(3)
+        _, aux = jax.jit(lambda p, s, b: ts._g_loss(p, s, b, key, config=cfg, models=models))(
+            state["g_params"], state, batch)
+        return cfg, models, state, batch, key, jax.tree.map(float, aux["terms"])
+
+    cfg, models, state, batch, key, frozen = g_terms(False)
+    *_, literal = g_terms(True)
+    assert frozen["g_l1/iter0"] == pytest.approx(literal["g_l1/iter0"], rel=1e-6)
+    assert frozen["g_l1/iter1"] != pytest.approx(literal["g_l1/iter1"], rel=1e-3)
+    # Recompute iteration 2's L1 from the spread's own output (T = 2: the final image).
+    variables = {"params": state["g_params"], **state["g_buffers"]}
+    out = jax.jit(lambda i, m: pixel_spread(ts.generator_apply_fn(models, variables), i, m,
+                                            jax.random.split(key, 3)[0], num_iters=2,
+                                            alpha=cfg.spread.alpha, return_trajectory=True,
+                                            resample_committed=False))(batch["image"], batch["mask"])
+    m1 = out["trajectory"]["mask"][0]
+    want = losses.l1_loss(out["image"], batch["image"], weight_mask=1.0 - m1)
+    assert frozen["g_l1/iter1"] == pytest.approx(float(want), rel=1e-5)
