@@ -136,18 +136,16 @@ def _g_loss(g_params, state, batch, key, *, config, models):
     else:  # model D: supervise the sample; the variance gets gradients through it
         z = jax.random.normal(k_sample, mean_TBHWC.shape)
         pred_TBHWC = mean_TBHWC + jnp.exp(0.5 * log_var_TBHWC) * z
-    # m_{t-1}, the mask each iteration was given (m_0 for the first).
-    m_in_TBHW1 = jnp.concatenate([m0[None].astype(jnp.float32), traj["mask"][:-1]], axis=0)
-    if not sp.resample_committed:
+    if sp.resample_committed:
+        m_in_TBHW1 = jnp.broadcast_to(m0[None], (T,) + m0.shape)
+    else:
         # Frozen spread: iteration t outputs x_{t-1} on the pixels committed before it and its own
         # prediction on the rest, so it is judged on that image. Committed pixels are data (no
-        # gradient); the L1 and the NLL cover only the pixels still open at its input.
-        x_in_TBHWC = jnp.concatenate([jnp.zeros_like(real)[None].astype(jnp.float32),
-                                      traj["x"][:-1]], axis=0)
+        # gradient); the L1 and the NLL cover only the pixels still open at its input m_{t-1}.
+        # The spread's x_t already holds x_{t-1} there (bit for bit), so it is read from x_t.
+        m_in_TBHW1 = jnp.concatenate([m0[None].astype(jnp.float32), traj["mask"][:-1]], axis=0)
         committed_TBHW1 = (m_in_TBHW1 > 0.5) & (m0[None] < 0.5)
-        pred_TBHWC = jnp.where(committed_TBHW1, jax.lax.stop_gradient(x_in_TBHWC), pred_TBHWC)
-    else:
-        m_in_TBHW1 = jnp.broadcast_to(m0[None], m_in_TBHW1.shape)
+        pred_TBHWC = jnp.where(committed_TBHW1, jax.lax.stop_gradient(traj["x"]), pred_TBHWC)
     fake_TBHWC = m0 * real + (1.0 - m0) * pred_TBHWC
     fake_NHWC = fake_TBHWC.reshape((T * B,) + fake_TBHWC.shape[2:])
     m0_N = jnp.tile(m0, (T, 1, 1, 1))
