@@ -64,8 +64,8 @@ def mixed_folder(root) -> None:
 
 def test_default_config_fields():
     cfg = pipeline.default_data_config()
-    for field in ("source", "path", "tfds_name", "tfds_split", "tfds_data_dir", "synthetic_size", "resolution",
-                  "mask_kind", "hole_range", "num_workers", "prefetch", "seed", "eval_split", "eval_path",
+    for field in ("source", "path", "tfds_name", "tfds_split", "tfds_data_dir", "synthetic_size", "synthetic_kind",
+                  "resolution", "mask_kind", "hole_range", "num_workers", "prefetch", "seed", "eval_split", "eval_path",
                   "eval_mask_dir"):
         assert field in cfg, field
 
@@ -230,6 +230,19 @@ def test_config_errors_are_clear(tmp_path):
         _iter(_cfg(mask_kind="huge"))
     with pytest.raises(ValueError, match="tfds_name is empty"):
         _iter(_cfg(source="tfds"))
+    with pytest.raises(ValueError, match="config.data.synthetic_kind='grid'"):
+        _iter(_cfg(synthetic_kind="grid"))
+    with pytest.raises(ValueError, match="config.data.resolution=24: synthetic_kind 'tiles'"):
+        _iter(_cfg(synthetic_kind="tiles", resolution=24))
+
+
+def test_synthetic_kind_reaches_train_and_eval_sources():
+    from psm_jax.data.synthetic import render_tiles
+    cfg = _cfg(synthetic_kind="tiles")
+    for src in (pipeline.make_source(cfg), pipeline.make_source(cfg, train=False)):
+        assert src.kind == "tiles"
+        np.testing.assert_array_equal(
+            src[3], render_tiles(np.random.default_rng(np.random.SeedSequence([src.seed, 3])), 16))
 
 
 # -- evaluation ----------------------------------------------------------------------------------

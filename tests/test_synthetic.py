@@ -61,3 +61,36 @@ def test_pickles_and_feeds_grain():
     batches = list(ds)
     assert len(batches) == 2 and batches[0].shape == (3, 16, 16, 3)
     np.testing.assert_array_equal(batches[1][2], src[5])
+
+
+def test_tiles_are_grid_aligned_two_colour_patterns():
+    """"tiles": every cell of an (R/16, R/8 or R/4)-pixel grid starting at the corner is one flat
+    colour (up to the sigma-3 noise), and the cells form a two-colour checker or stripes."""
+    src = SyntheticSource(24, 64, seed=2, kind="tiles")
+    cells_seen = set()
+    for i in range(len(src)):
+        img = src[i].astype(np.float32)
+        for cell in (16, 8, 4):  # the coarsest flat grid is the pattern's own
+            blocks = img.reshape(64 // cell, cell, 64 // cell, cell, 3)
+            means = blocks.mean(axis=(1, 3))
+            if np.abs(blocks - means[:, None, :, None]).max() < 20:
+                break
+        else:
+            raise AssertionError(f"tiles record {i}: no grid of 4, 8 or 16 px cells is flat")
+        cells_seen.add(cell)
+        dist = np.linalg.norm(means - means[0, 0], axis=-1)  # [cells, cells]
+        second = dist > dist.max() / 2
+        assert np.all((dist < 15) | (dist > dist.max() - 15)), f"record {i}: more than two colours"
+        iy, ix = np.indices(second.shape)
+        assert any(np.array_equal(second, p % 2 == 1) for p in (iy + ix, iy, ix)), f"record {i}: {second}"
+    assert cells_seen == {4, 8, 16}
+
+
+def test_kind_is_validated_and_does_not_change_layered_records():
+    with pytest.raises(ValueError, match="kind"):
+        SyntheticSource(3, 16, kind="stripes")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        SyntheticSource(3, 40, kind="tiles")
+    layered = SyntheticSource(5, 32, seed=4)
+    np.testing.assert_array_equal(layered[1], SyntheticSource(5, 32, seed=4, kind="layered")[1])
+    assert not np.array_equal(layered[1], SyntheticSource(5, 32, seed=4, kind="tiles")[1])

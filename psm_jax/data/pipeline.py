@@ -47,7 +47,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from psm_jax.data import sources, transforms
+from psm_jax.data import sources, synthetic, transforms
 from psm_jax.data.synthetic import SyntheticSource
 from psm_jax.data.transforms import CORRUPT, MaskFn
 
@@ -71,6 +71,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         tfds_data_dir="",               # tfds source: data_dir ("" = TFDS default, ~/tensorflow_datasets)
         tfds_image_key="image",         # tfds source: name of the image feature
         synthetic_size=10_000,          # synthetic source: number of training records
+        synthetic_kind="layered",       # synthetic source: "layered" or "tiles" (synthetic.py)
         resolution=512,                 # crop size R (paper: 512; 256 for the 256 models)
         resize_short=0,                 # >0: resize the shorter side to this before cropping (0 = never)
         mask_kind="large",              # training mask preset: "large" or "small" (MAT's generators)
@@ -205,8 +206,9 @@ def make_source(cfg: ml_collections.ConfigDict, *, train: bool = True):
     """The random-access source named by ``cfg.source`` (train or eval split)."""
     if cfg.source == "synthetic":
         if train:
-            return SyntheticSource(cfg.synthetic_size, cfg.resolution, seed=cfg.seed)
-        return SyntheticSource(cfg.eval_synthetic_size, cfg.resolution, seed=cfg.seed + _SYNTHETIC_EVAL_SEED_OFFSET)
+            return SyntheticSource(cfg.synthetic_size, cfg.resolution, seed=cfg.seed, kind=cfg.synthetic_kind)
+        return SyntheticSource(cfg.eval_synthetic_size, cfg.resolution, seed=cfg.seed + _SYNTHETIC_EVAL_SEED_OFFSET,
+                               kind=cfg.synthetic_kind)
     if cfg.source == "folder":
         path = cfg.path if train else cfg.eval_path
         if not path:
@@ -227,6 +229,11 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.resolution={cfg.resolution}: expected >= 8")
     if cfg.num_workers < 0:
         raise ValueError(f"config.data.num_workers={cfg.num_workers}: expected >= 0")
+    if cfg.source == "synthetic" and cfg.synthetic_kind not in synthetic.KINDS:
+        raise ValueError(f"config.data.synthetic_kind={cfg.synthetic_kind!r}: expected one of "
+                         f"{', '.join(map(repr, synthetic.KINDS))}")
+    if cfg.source == "synthetic" and cfg.synthetic_kind == "tiles" and cfg.resolution % 16:
+        raise ValueError(f"config.data.resolution={cfg.resolution}: synthetic_kind 'tiles' needs a multiple of 16")
 
 
 def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, batch_size: int, drop_remainder: bool,

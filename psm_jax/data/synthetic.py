@@ -7,7 +7,20 @@ flat random colour or its own texture. The point of these images is that *contex
 content of a hole: a stripe or checker pattern continues across the hole with a period and a
 phase that only a model which has seen the whole image can infer, and a shape's edge must be
 completed along its geometry. Diffusion-style classical inpainting (OpenCV Telea) smears the
-border colours inwards instead, so the demo can show a learned model beating it.
+border colours inwards instead, which is what the demo's comparison with Telea tests.
+
+Two kinds (``SyntheticSource(kind=...)``, ``config.data.synthetic_kind``):
+
+* "layered" (the default, above): oriented textures at any angle, period and phase, with shapes.
+* "tiles": one axis-aligned stripe or checker pattern of two colours whose cells are a whole
+  power-of-two number of pixels (R/16, R/8 or R/4) and start at the image corner, like a tiled
+  floor. The continuation across a hole is fully determined by the visible cells and the grid,
+  which a stride-2 conv net represents exactly (a cell maps to one feature at its scale), so a
+  small conv net learns it from few images: on 64 px images a 16-128 channel U-Net trained
+  with L1 for 1,000 steps of 8 reaches a hole L1 of 28.8 against Telea's 31.6 (mean fill 42.3),
+  while with the same patterns at a random phase it reaches 37.4 against 34.0, and on "layered"
+  images 40.8 against 35.5 (bench/demo_learning.py). The PSM generator learns it more slowly
+  (README, "Demo: where it stands").
 
 Record ``i`` is a pure function of ``(seed, i)`` (its own ``np.random.Generator`` from a
 ``SeedSequence``), so the source is random-access and identical in every process and worker.
@@ -19,23 +32,28 @@ import numpy as np
 
 _BACKGROUNDS = ("stripes", "checker", "gradient", "rings")
 _SHAPES = ("circle", "rectangle", "triangle")
+KINDS = ("layered", "tiles")
 
 
 class SyntheticSource:
     """Random-access source of ``num_records`` synthetic uint8 RGB images, ``[R, R, 3]``.
 
     Satisfies grain's ``RandomAccessDataSource`` protocol (``__len__``/``__getitem__``) and
-    pickles cheaply (it holds three ints), so it works inside grain's spawn workers.
+    pickles cheaply (three ints and the kind), so it works inside grain's spawn workers.
     """
 
-    def __init__(self, num_records: int, resolution: int, seed: int = 0):
+    def __init__(self, num_records: int, resolution: int, seed: int = 0, kind: str = "layered"):
+        if kind not in KINDS:
+            raise ValueError(f"SyntheticSource: kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if num_records <= 0:
             raise ValueError(f"SyntheticSource: num_records must be > 0, got {num_records}")
-        if resolution < 8:
-            raise ValueError(f"SyntheticSource: resolution must be >= 8, got {resolution}")
+        if resolution < 8 or (kind == "tiles" and resolution % 16):
+            raise ValueError(f"SyntheticSource: resolution must be >= 8 (and a multiple of 16 for tiles), "
+                             f"got {resolution}")
         self.num_records = int(num_records)
         self.resolution = int(resolution)
         self.seed = int(seed)
+        self.kind = kind
 
     def __len__(self) -> int:
         return self.num_records
@@ -45,10 +63,11 @@ class SyntheticSource:
         if not 0 <= index < self.num_records:
             raise IndexError(f"SyntheticSource index {index} out of range [0, {self.num_records})")
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
-        return render(rng, self.resolution)
+        return (render_tiles if self.kind == "tiles" else render)(rng, self.resolution)
 
     def __repr__(self) -> str:
-        return f"SyntheticSource(num_records={self.num_records}, resolution={self.resolution}, seed={self.seed})"
+        return (f"SyntheticSource(num_records={self.num_records}, resolution={self.resolution}, "
+                f"seed={self.seed}, kind={self.kind!r})")
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -132,6 +151,22 @@ def render(rng: np.random.Generator, resolution: int) -> np.ndarray:
         else:
             canvas[cover] = _colour(rng)
 
+    return _add_noise_to_uint8(rng, canvas)
+
+
+def render_tiles(rng: np.random.Generator, resolution: int) -> np.ndarray:
+    """Draws one "tiles" image (see the module docstring), uint8 ``[R, R, 3]``, from ``rng``."""
+    c1, c2 = _colour(rng), _colour(rng)
+    cell = resolution // int(rng.choice([16, 8, 4]))
+    iy = np.arange(resolution)[:, None] // cell
+    ix = np.arange(resolution)[None, :] // cell
+    kind = rng.integers(3)  # checker, horizontal stripes, vertical stripes
+    w = (iy + ix) % 2 if kind == 0 else np.broadcast_to(iy % 2 if kind == 1 else ix % 2, (resolution,) * 2)
+    canvas = c1 + w[..., None].astype(np.float32) * (c2 - c1)
+    return _add_noise_to_uint8(rng, canvas)
+
+
+def _add_noise_to_uint8(rng: np.random.Generator, canvas: np.ndarray) -> np.ndarray:
     # Mild sensor-like noise so flat regions are not perfectly constant (a model must not be
     # able to key on exact pixel values), small enough to keep the structure dominant.
     noise = rng.standard_normal(size=canvas.shape, dtype=np.float32)
