@@ -11,6 +11,7 @@ measurement) so a figure taken while other jobs ran can be told apart from a cle
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -32,6 +33,13 @@ def fail(script: str, message: str) -> None:
     """Bad CLI input: one line on stderr, exit code 2 (no traceback)."""
     print(f"{script}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit code 2 (``fail``), without the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        fail(self.prog, message)
 
 
 def load1() -> float | None:

@@ -12,7 +12,6 @@ start-up (~3 s) is excluded: timing starts after the first batch.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -81,7 +80,7 @@ MD_COLUMNS = ("device", "resolution", "workers", "batch", "images_per_s", "ms_pe
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolutions", default="256,512")
     parser.add_argument("--workers", default="0,2")
     parser.add_argument("--batch", type=int, default=16)

@@ -19,7 +19,6 @@ wall time. Minutes on a 2-core CPU at the defaults; `--steps 10 --eval-images 16
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -95,7 +94,7 @@ def hole_l1_scores(config, predict, num_images: int, seed: int) -> dict[str, flo
 
 
 def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = common.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("unet", "generator"), default="unet")
     p.add_argument("--kind", choices=synthetic.KINDS, default="layered", help="config.data.synthetic_kind")
     p.add_argument("--steps", type=int, default=1000)

@@ -17,7 +17,6 @@ instead. ``--max-seconds`` stops the timed repeats of one configuration early (a
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -69,7 +68,7 @@ def bench(resolution: int, batch: int, repeats: int, dtype: str = "float32",
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolution", type=int, nargs="+", default=[512, 256],
                     help=f"one or more of {sorted(VARIANTS)}")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="one or more batch sizes")

@@ -7,7 +7,6 @@ Prints one JSON line per (config, impl): median forward and forward+backward wal
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -36,7 +35,7 @@ def _median_ms(fn, *args, repeats: int) -> float:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--full", action="store_true", help="the realistic (slow on CPU) sizes")
     parser.add_argument("--impls", default=",".join(MODCONV_IMPLS))

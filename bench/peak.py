@@ -11,7 +11,6 @@ bench/results/peak.jsonl, read by train_step.py). On CPU, bf16 matmuls/convs may
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -88,7 +87,7 @@ def read_peak(dtype: str, device: str, path: Path = common.RESULTS_DIR / "peak.j
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(common.RESULTS_DIR / "peak.jsonl"),

@@ -11,7 +11,6 @@ Every row carries device, dtype and load1 (bench/common.py).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ MD_COLUMNS = ("device", "dtype", "model", "batch", "T", "spread_s", "forward_s",
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny", choices=["tiny", "paper256", "paper512"])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--iters", type=int, nargs="+", default=[1, 2, 4, 8])

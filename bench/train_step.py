@@ -22,7 +22,6 @@ figure). ``--max-seconds`` caps the timed steps of one configuration (at least o
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -144,7 +143,7 @@ def bench(config_name: str, batch: int, remat: bool, dtype: str, repeats: int, m
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="tiny,256", help=f"comma-separated subset of {','.join(CONFIGS)}")
     ap.add_argument("--batch", type=int, nargs="+", default=[2])
     ap.add_argument("--remat", default="both", choices=["off", "on", "both"])

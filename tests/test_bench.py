@@ -51,3 +51,6 @@ def test_demo_learning_scores_the_demo_eval_set():
     r = _bench("demo_learning.py", "--model", "unet", "--nll-weight", "1")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--nll-weight" in r.stderr.strip().splitlines()[-1]
+    # argparse's own errors are one line too (bench/common.ArgumentParser), not the usage block.
+    r = _bench("demo_learning.py", "--model", "foo")
+    assert r.returncode == 2 and "--model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
