@@ -117,11 +117,11 @@ def main(argv: list[str]) -> None:
 
     def loss_fn(params, x, m):
         mean, log_var = apply({"params": params, **frozen}, x, m)
-        loss = losses.l1_loss(mean, x, 1.0 - m)
-        if args.nll_weight:
-            nll = losses.discretized_gaussian_nll(x, mean, log_var)
-            loss += args.nll_weight * losses.reduce_nll(nll, m, region="hole")
-        return loss, losses.l1_loss(mean, x, 1.0 - m)
+        l1 = losses.l1_loss(mean, x, 1.0 - m)
+        if not args.nll_weight:
+            return l1, l1
+        nll = losses.discretized_gaussian_nll(x, mean, log_var)
+        return l1 + args.nll_weight * losses.reduce_nll(nll, m, region="hole"), l1
 
     @jax.jit
     def step(params, opt, x, m):
