@@ -58,7 +58,7 @@ def evaluate(config, variables, *, num_images: int, seed: int, grid_images: int 
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     from psm_jax.data.pipeline import make_eval_dataset
     from psm_jax.inpaint import make_inpaint_fn
-    from psm_jax.visualize import grid_rows
+    from psm_jax.visualize import method_grid, spread_figure_from_output
 
     fns = {t: make_inpaint_fn(config, num_iters=t) for t in PSM_ITERS}
     methods = [f"psm_t{t}" for t in PSM_ITERS] + ["telea", "mean_fill"]
@@ -74,8 +74,10 @@ def evaluate(config, variables, *, num_images: int, seed: int, grid_images: int 
             out = fn(variables, image, mask, jax.random.fold_in(jax.random.key(seed), seen))
             preds[f"psm_t{t}"] = from_model_range(np.where(mask > 0.5, image, np.asarray(out["image"])))
             if t == max(PSM_ITERS) and "psm" not in grids:
-                grids["psm"] = grid_rows(image[:grid_images], mask[:grid_images], jax.tree.map(
-                    lambda a: a[:, :grid_images] if a.ndim == 5 else a[:grid_images], out))
+                grids["psm"] = spread_figure_from_output(
+                    image[:grid_images], mask[:grid_images], jax.tree.map(
+                        lambda a: a[:, :grid_images] if a.ndim == 5 else a[:grid_images], out),
+                    ground_truth=image[:grid_images])
         preds["telea"] = np.stack([telea(r, m) for r, m in zip(real, mask)])
         preds["mean_fill"] = np.stack([mean_fill(r, m) for r, m in zip(real, mask)])
         for m in methods:
@@ -87,8 +89,8 @@ def evaluate(config, variables, *, num_images: int, seed: int, grid_images: int 
         if "methods" not in grids:
             k = min(grid_images, len(real))
             masked = np.where(mask[:k] > 0.5, real[:k], 0).astype(np.uint8)
-            cols = [masked] + [preds[m][:k] for m in methods] + [real[:k]]
-            grids["methods"] = np.concatenate([np.concatenate(c, axis=0) for c in cols], axis=1)
+            grids["methods"] = method_grid({"input": masked, **{m: preds[m][:k] for m in methods},
+                                            "ground truth": real[:k]})
         seen += len(real)
     results = {m: {"l1": acc[m]["abs"] / max(acc[m]["n"], 1),
                    "psnr": float(np.mean([p for p in acc[m]["psnr"] if np.isfinite(p)]))}
