@@ -56,9 +56,9 @@ class Module:
 class _Writer(pickle._Pickler):
     dispatch = pickle._Pickler.dispatch.copy()
 
-    def __init__(self, file, legacy: bool):
+    def __init__(self, file, legacy: bool, location: str = "cpu"):
         super().__init__(file, protocol=2)
-        self.legacy, self.storages = legacy, []
+        self.legacy, self.storages, self.location = legacy, [], location
 
     def _save_global(self, obj):
         self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
@@ -70,7 +70,7 @@ class _Writer(pickle._Pickler):
         if not isinstance(obj, _Storage):
             return None
         self.storages.append(obj)
-        pid = ("storage", _Global("torch", _STORAGE_NAMES[obj.array.dtype]), obj.key, "cpu", obj.array.size)
+        pid = ("storage", _Global("torch", _STORAGE_NAMES[obj.array.dtype]), obj.key, self.location, obj.array.size)
         return pid + (None,) if self.legacy else pid
 
 
@@ -89,9 +89,9 @@ def _wrap(obj, counter: list[int]):
     return obj
 
 
-def _pickle(obj, legacy: bool) -> tuple[bytes, list[_Storage]]:
+def _pickle(obj, legacy: bool, location: str = "cpu") -> tuple[bytes, list[_Storage]]:
     buf = io.BytesIO()
-    w = _Writer(buf, legacy)
+    w = _Writer(buf, legacy, location)
     w.dump(_wrap(obj, [0]))
     return buf.getvalue(), w.storages
 
@@ -111,9 +111,11 @@ def write_zip(path: str | Path, obj, *, root: str = "archive", script: bool = Fa
     return Path(path)
 
 
-def write_legacy(path: str | Path, obj) -> Path:
-    """``torch.save(obj, _use_new_zipfile_serialization=False)``: the pre-1.6 format."""
-    data, storages = _pickle(obj, legacy=True)
+def write_legacy(path: str | Path, obj, location: str = "cpu") -> Path:
+    """``torch.save(obj, _use_new_zipfile_serialization=False)``: the pre-1.6 format.
+
+    ``location="cuda:0"`` mimics a file saved from a GPU (the lpips weights)."""
+    data, storages = _pickle(obj, legacy=True, location=location)
     with open(path, "wb") as f:
         for header in (0x1950a86a20f9469cfc6c, 1001,
                        {"protocol_version": 1001, "little_endian": True,
