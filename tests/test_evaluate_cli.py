@@ -61,11 +61,14 @@ def test_end_to_end(setup, tmp_path, capsys):
     assert rec["inception"]["resize"] == "nvidia" and len(rec["inception"]["sha256"]) == 64
     assert rec["git_sha"] and "model" in rec["config"] and rec["real_stats_cache"]["hit"] is False
     assert out.with_suffix(".md").exists() and (tmp_path / "results_reliability_T2.png").exists()
-    # Second run: the real statistics come from the cache and the numbers do not change.
+    # Second run: the real statistics come from the cache and the numbers do not change. Asking
+    # for more images than there are warns and reports the count instead of failing.
     out2 = tmp_path / "again.json"
-    assert evaluate.main(_args(setup, out2, extra=["--iters", "1", "--batch_size", "4"])) == 0
+    assert evaluate.main(_args(setup, out2, extra=["--iters", "1", "--batch_size", "4", "--num_images", "20"])) == 0
+    assert "fewer than the 20" in capsys.readouterr().err
     again = json.loads(out2.read_text())
-    assert again["record"]["real_stats_cache"]["hit"] is True
+    assert again["record"]["real_stats_cache"]["hit"] is True and again["record"]["num_images"] == 8
+    assert again["record"]["warnings"]
     assert again["results"]["1"]["fid"] == pytest.approx(data["results"]["1"]["fid"], rel=1e-6)
 
 

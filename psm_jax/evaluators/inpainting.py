@@ -13,8 +13,10 @@ For every batch ``{"image": [-1, 1] f32 BHWC, "mask": BHW1 (1 = known)}``:
    result has a ``"trajectory"``.
 
 The spread key of a batch is ``fold_in(key, index of its first image)``: with a fixed batch size
-the numbers are reproducible. With a ``mesh``, each batch is padded to a multiple of the device
-count and split over the mesh's batch axes (the padding rows are dropped from every metric).
+the numbers are reproducible. Every batch is padded (repeating its last row) to the size of the
+first batch, rounded up to a multiple of the device count with a ``mesh``, and split over the
+mesh's batch axes; padding rows are dropped from every metric, so nothing is recompiled for the
+short last batch.
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ def run_spread(inpaint_fn: Callable, variables: Any, batches: Iterable[dict[str,
     """Runs the spread on every batch and collects metrics, features and calibration sums."""
     run = SpreadRun()
     calib_key = jax.random.fold_in(key, 0x5EED)
-    sharding = None
+    sharding, size = None, None
     if mesh is not None:
         from psm_jax.sharding import batch_sharding
         sharding = batch_sharding(mesh)
@@ -95,32 +97,38 @@ def run_spread(inpaint_fn: Callable, variables: Any, batches: Iterable[dict[str,
         n = len(image)
         if n == 0:
             continue
-        image_in, mask_in = image, mask
-        if sharding is not None:
-            padded = -(-n // mesh.devices.size) * mesh.devices.size
-            image_in = jax.device_put(_pad_to(image, padded), sharding)
-            mask_in = jax.device_put(_pad_to(mask, padded), sharding)
+        # Every batch is padded to the first one's size (and a multiple of the device count), so
+        # the short last batch reuses the compiled functions; padding rows are dropped below.
+        if size is None:
+            size = n if sharding is None else -(-n // mesh.devices.size) * mesh.devices.size
+        if n > size:
+            raise ValueError(f"batch {b} holds {n} images, more than the first batch's {size}")
+        image_p, mask_p = _pad_to(image, size), _pad_to(mask, size)
+        image_in, mask_in = (image_p, mask_p) if sharding is None else (
+            jax.device_put(image_p, sharding), jax.device_put(mask_p, sharding))
         out = inpaint_fn(variables, image_in, mask_in, jax.random.fold_in(key, run.num_images))
-        generated = np.asarray(jax.device_get(out["image"]))[:n]
-        composite = np.where(mask > 0.5, image, generated)     # only hole pixels are generated
+        generated = np.asarray(jax.device_get(out["image"]))
+        composite = np.where(mask_p > 0.5, image_p, generated)     # only hole pixels are generated
         pred_u8 = np.clip(np.rint((composite + 1.0) * 127.5), 0, 255).astype(np.uint8)
-        real_u8 = np.clip(np.rint((image + 1.0) * 127.5), 0, 255).astype(np.uint8)
-        m = jax.device_get(image_metrics.all_metrics(pred_u8, real_u8, mask))
+        real_u8 = np.clip(np.rint((image_p + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        m = jax.device_get(image_metrics.all_metrics(pred_u8, real_u8, mask_p))
         for name in ("ssim", "l1", "l1_hole_sum", "hole_count"):
-            run.add(name, m[name])
-        run.psnr_finite.extend(float(p) for p in np.asarray(m["psnr"]) if np.isfinite(p))
+            run.add(name, m[name][:n])
+        run.psnr_finite.extend(float(p) for p in np.asarray(m["psnr"])[:n] if np.isfinite(p))
         if lpips is not None:
-            run.add("lpips", lpips(pred_u8, real_u8))
+            run.add("lpips", lpips(pred_u8, real_u8)[:n])
         if inception is not None:
-            run.fake_features.append(inception(pred_u8))
+            run.fake_features.append(inception(pred_u8)[:n])
             if need_real_features:
-                run.real_features.append(inception(real_u8))
+                run.real_features.append(inception(real_u8)[:n])
         traj = out.get("trajectory") if isinstance(out, dict) else None
         if traj is not None:
+            # Padding rows get mask 1 (no hole), so they add nothing to the calibration sums.
+            calib_mask = jnp.asarray(np.where(np.arange(size)[:, None, None, None] < n, mask_p, 1.0))
             means, log_vars = traj["mean"], traj["log_var"]
             for t in range(means.shape[0]):
                 stats = calibration.batch_statistics(
-                    jnp.asarray(image), means[t][:n], log_vars[t][:n], jnp.asarray(mask),
+                    jnp.asarray(image_p), means[t], log_vars[t], calib_mask,
                     jax.random.fold_in(jax.random.fold_in(calib_key, b), t), calib_samples)
                 run.calib.add(t, stats)
         run.num_images += n
