@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +22,14 @@ pytestmark = pytest.mark.slow
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     workdir = root / "run"
-    subprocess.run([sys.executable, "-m", "psm_jax.main", "--config", f"{REPO_ROOT}/configs/demo.py:tiny",
-                    "--workdir", str(workdir), "--config.progress_bar=False"], check=True, cwd=REPO_ROOT,
-                   capture_output=True, timeout=600)
+    # PSM_EVAL_TEST_WORKDIR: reuse a finished `configs/demo.py:tiny` run (saves minutes when iterating).
+    reuse = os.environ.get("PSM_EVAL_TEST_WORKDIR")
+    if reuse and (Path(reuse) / "checkpoints").is_dir():
+        workdir = Path(reuse)
+    else:
+        subprocess.run([sys.executable, "-m", "psm_jax.main", "--config", f"{REPO_ROOT}/configs/demo.py:tiny",
+                        "--workdir", str(workdir), "--config.progress_bar=False"], check=True, cwd=REPO_ROOT,
+                       capture_output=True, timeout=1200)
     images, masks = root / "images", root / "masks"
     images.mkdir()
     masks.mkdir()
