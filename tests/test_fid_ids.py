@@ -67,6 +67,11 @@ def test_ids_matches_mat_in_counts(reference, pair):
     want = ref["pairs"][pair]
     assert abs(round(u_ids * 2 * n) - round(want["u_ids"] * 2 * n)) <= 1, (u_ids, want["u_ids"])
     assert abs(round(p_ids * n) - round(want["p_ids"] * n)) <= 1, (p_ids, want["p_ids"])
+    # The fitted SVM itself: MAT's decision values (sklearn 1.9.1 in both; mat_metrics.md reports
+    # <= 3e-3 drift even when refitting to a tighter tolerance, 0.24 for the separable pair).
+    svm = ids.fit_svm(arrays["real"], arrays[f"fake_{pair}"])
+    tol = 0.3 if pair == "strong" else 5e-3
+    np.testing.assert_allclose(svm.decision_function(arrays["real"]), arrays[f"svm_decision_real_{pair}"], atol=tol)
 
 
 def test_ids_refuses_unpaired_shapes():

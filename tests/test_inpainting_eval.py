@@ -42,3 +42,15 @@ def test_evaluate_spread_composites_and_reports_calibration():
         assert abs(out[f"calib/coverage_2sigma/iter{t}"] - 0.954) < 0.02
         assert np.isfinite(out[f"calib/nll_bpd/iter{t}"])
     assert "fid" not in out   # no Inception given
+
+
+@pytest.mark.slow
+def test_mesh_path_gives_the_same_numbers():
+    from psm_jax.sharding import make_mesh
+
+    fn = jax.jit(fake_spread)
+    v = {"sigma": jnp.float32(0.1)}
+    plain = inpainting.evaluate_spread(fn, v, _batches(), key=jax.random.key(1))
+    meshed = inpainting.evaluate_spread(fn, v, _batches(), key=jax.random.key(1), mesh=make_mesh())
+    for k, a in plain.items():
+        assert meshed[k] == pytest.approx(a, rel=1e-6, abs=1e-9, nan_ok=True), k  # constant sigma: Spearman is NaN
