@@ -22,9 +22,16 @@ Input: uint8 ``[N, H, W, 3]`` RGB at any size, resized to 299x299 inside, as the
 Both resizes are separable and linear, so they run as two small matrix products (exact up to
 float32 rounding; the per-sample float32 grid arithmetic of torch can differ by ~1e-6 in the weights).
 
+Note: the issue text calls the nvidia resize "TF-style half-pixel"; the TorchScript code does not
+use half-pixel centres. Its in-place ``theta[:, 2] += 1/size_in - 1/299`` makes output pixel i read
+source position ``i * W / 299`` (corner-aligned, TF1's default ``half_pixel_centers=False``);
+pytorch-fid's resize is the half-pixel one.
+
 Weights come only from a local ``.npz`` written by ``python -m psm_jax.evaluators.convert_inception``
-(Flax parameter paths, ``/``-joined). Evidence for the TorchScript names/structure is listed in
-``convert_inception.py``; it has not been checked against the real file here.
+(Flax parameter paths, ``/``-joined). **Unverified here:** the nvidia resize and the TorchScript
+parameter names/structure are written from public transcripts of that file's ``code/`` and from
+code that ports its weights (listed in ``convert_inception.py``); no copy of the file was available
+to compare features against.
 """
 from __future__ import annotations
 
