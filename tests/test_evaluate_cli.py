@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from psm_jax import evaluate
-from psm_jax.evaluators import inception
+from psm_jax.evaluators import convert_lpips, inception, lpips
 from tests.conftest import REPO_ROOT
+from tests.test_lpips import random_weights as random_lpips_weights
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +42,13 @@ def setup(tmp_path_factory):
         Image.fromarray(m).save(masks / f"img{i:02d}.png")
     weights = root / "inception.npz"
     inception.save_npz(weights, inception.random_params(0), "random")
-    return root, workdir, images, masks, weights
+    lpips_npz = root / "lpips.npz"
+    lpips.save_npz(lpips_npz, convert_lpips.convert_state_dicts(*random_lpips_weights()))
+    return root, workdir, images, masks, weights, lpips_npz
 
 
 def _args(setup, out, masks=None, extra=()):
-    root, workdir, images, mask_dir, weights = setup
+    root, workdir, images, mask_dir, weights, _ = setup
     return ["--workdir", str(workdir), "--images", str(images), "--masks", str(masks or mask_dir),
             "--inception", str(weights), "--out", str(out), "--cache_dir", str(root / "cache"),
             "--no_progress", "--fid_method", "eigh", *extra]
@@ -53,19 +56,20 @@ def _args(setup, out, masks=None, extra=()):
 
 def test_end_to_end(setup, tmp_path, capsys):
     out = tmp_path / "results.json"
-    assert evaluate.main(_args(setup, out, extra=["--iters", "1,2", "--batch_size", "4"])) == 0
+    assert evaluate.main(_args(setup, out, extra=["--iters", "1,2", "--batch_size", "4", "--lpips", str(setup[5])])) == 0
     printed = capsys.readouterr().out
     assert "| Method | T | FID" in printed and "Table 2" in printed and "Spearman" in printed
     data = json.loads(out.read_text())
     assert set(data["results"]) == {"1", "2"}
     r = data["results"]["2"]
-    for k in ("fid", "p_ids", "u_ids", "psnr", "ssim", "l1", "l1_hole", "calib/spearman/iter1",
+    for k in ("fid", "lpips", "p_ids", "u_ids", "psnr", "ssim", "l1", "l1_hole", "calib/spearman/iter1",
               "calib/nll_bpd/iter0", "calib/coverage_2sigma/iter1"):
         assert k in r, k
     assert r["num_images"] == 8 and 0 <= r["p_ids"] <= 1 and r["fid"] >= 0
     rec = data["record"]
     assert rec["num_images"] == 8 and rec["iterations"] == [1, 2] and rec["seed"] == 0
     assert rec["inception"]["resize"] == "nvidia" and len(rec["inception"]["sha256"]) == 64
+    assert rec["lpips"]["sha256"] and r["lpips"] > 0
     assert rec["git_sha"] and "model" in rec["config"] and rec["real_stats_cache"]["hit"] is False
     assert out.with_suffix(".md").exists() and (tmp_path / "results_reliability_T2.png").exists()
     # Second run: the real statistics come from the cache and the numbers do not change. Asking
