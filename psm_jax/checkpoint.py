@@ -92,6 +92,36 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
     return out["state"], out["meta"]
 
 
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The ``meta`` item of a step (config JSON, versions, git SHA) without reading any array."""
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+# Config sections whose values decide the shapes of the saved state.
+SHAPE_FIELDS = ("model", "discriminator")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k in sorted(d):
+            out.update(_flat(d[k], f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): tuple(d) if isinstance(d, list) else d}
+
+
+def check_compatible(saved_config: dict[str, Any], config: dict[str, Any]) -> None:
+    """Raises ValueError naming the first field that makes ``config`` unable to resume
+    ``saved_config``'s state (a model or discriminator field, or the training resolution)."""
+    saved = {k: v for k, v in _flat(saved_config).items()
+             if k.split(".")[0] in SHAPE_FIELDS or k == "data.resolution"}
+    now = _flat(config)
+    for key in sorted(saved):
+        if key in now and now[key] != saved[key]:
+            raise ValueError(f"cannot resume: config field {key} is {now[key]!r}, but the checkpoint "
+                             f"was trained with {saved[key]!r} (use another --workdir, or the old value)")
+
+
 def _restore_numpy(mngr: ocp.CheckpointManager, step: int) -> Any:
     tree = mngr.item_metadata(step)["state"]
     tree = getattr(tree, "tree", tree)

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from psm_jax.evaluators import cli, report
+from psm_jax import cli
+from psm_jax.evaluators import report
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -216,7 +217,7 @@ def _run(args) -> int:
     cache_path = cache_dir / f"real_{cache_key[:24]}.npz"
     real = None
     if cache_path.is_file():
-        with np.load(cache_path) as z:
+        with np.load(cache_path, allow_pickle=False) as z:
             real = z["features"]
 
     mesh = None

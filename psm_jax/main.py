@@ -37,7 +37,7 @@ def main(argv):
     except train.TrainingDiverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         sys.exit(1)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, train.workdir_lock.WorkdirLocked) as e:
         # Bad config values and missing files: one line, exit 2 (PSM_DEBUG=1 shows the traceback).
         if os.environ.get("PSM_DEBUG"):
             raise

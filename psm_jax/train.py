@@ -34,6 +34,7 @@ import numpy as np
 from psm_jax import checkpoint as ckpt
 from psm_jax import sharding as shd
 from psm_jax import train_step as ts
+from psm_jax import workdir_lock
 from psm_jax.data import pipeline
 from psm_jax.models.discriminator import Discriminator
 from psm_jax.models.generator import Generator
@@ -98,146 +99,154 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     jax.config.update("jax_threefry_partitionable", True)
     absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every save at INFO
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise NotADirectoryError(f"--workdir {workdir} exists and is not a directory")
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    config_json = config.to_json_best_effort(sort_keys=True)
-    if is_main:
-        (workdir / "config.json").write_text(config_json)
-
-    # ------------------------------------------------------------------ mesh
-    mesh = shd.make_mesh(config.mesh.fsdp)
-    shd.check_batch_size(config.batch_size, mesh)
-    batch_sharding = shd.batch_sharding(mesh)
-    replicated = shd.replicated(mesh)
-
-    # ------------------------------------------------------------------ data
-    data_iter = pipeline.make_train_iterator(
-        config.data, global_batch_size=config.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
-
-    # ------------------------------------------------------------------ models and state
-    models = build_models(config)
-    init_fn = lambda key: init_state(config, models, key)  # noqa: E731
-    abstract = jax.eval_shape(init_fn, jax.random.key(config.seed))
-    state_sh = shd.state_shardings(abstract, mesh)
-    mngr = ckpt.make_manager(workdir, keep=config.keep_ckpts)
-    latest = mngr.latest_step()
-    if latest is not None:
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract, state_sh)
-        state, _ = ckpt.restore(mngr, latest, target, data_iter)
-        print(f"resumed from {mngr.directory} at step {latest}", flush=True)
-    else:
-        state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.seed))
-    start_step = int(jax.device_get(state["step"]))
-    meta = ckpt.run_metadata(config_json)
-    if is_main:
-        # What this start ran with (a resumed run may have another device count or code version).
-        record = {**meta, "config": json.loads(config_json), "start_step": start_step,
-                  "process_count": jax.process_count(), "device_count": jax.device_count(),
-                  "local_device_count": jax.local_device_count(), "platform": jax.devices()[0].platform,
-                  "device_kind": jax.devices()[0].device_kind,
-                  "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (workdir / "run.json").write_text(json.dumps(record, indent=1, sort_keys=True))
-        with open(workdir / "starts.jsonl", "a") as f:
-            f.write(json.dumps({k: v for k, v in record.items() if k != "config"}, sort_keys=True) + "\n")
-
-    # ------------------------------------------------------------------ compiled steps
-    train_step = jax.jit(ts.make_train_step(config, models),
-                         in_shardings=(state_sh, batch_sharding),
-                         out_shardings=(state_sh, replicated), donate_argnums=0)
-    r1_step = jax.jit(ts.make_r1_step(config, models),
-                      in_shardings=(state_sh, batch_sharding),
-                      out_shardings=(state_sh, replicated), donate_argnums=0)
-
-    # ------------------------------------------------------------------ evaluation
-    evaluator = None
-    if config.eval.every:
-        from psm_jax import train_eval
-        evaluator = train_eval.TrainEvaluator(config)
-
-    def _evaluate(step_done):
-        values = evaluator(train_eval.gather_ema_variables(state))
-        run_log.scalars(step_done, values)
-        return values
-
-    # ------------------------------------------------------------------ preemption
-    preempted = {"flag": False}
-
-    def _on_sigterm(signum, frame):  # noqa: ARG001
-        preempted["flag"] = True
-    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
-
-    # ------------------------------------------------------------------ loop
-    run_log = RunLog(workdir, total_steps=config.total_steps, start_step=start_step,
-                     enabled=is_main, progress_bar=config.progress_bar,
-                     images_per_step=config.batch_size, log_every=config.log_every)
-    sample_batch = None
-    pending: tuple[int, Any] | None = None   # metrics fetched one step late: no device stall
-    last: dict[str, Any] = {}
-    stop = False
-
-    def _flush(pending_metrics):
-        step_done, metrics = pending_metrics
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not all(math.isfinite(v) for v in values.values()):
-            bad = sorted(k for k, v in values.items() if not math.isfinite(v))
-            raise TrainingDiverged(f"non-finite {', '.join(bad)} at step {step_done}; "
-                                   f"keeping the last good checkpoint in {mngr.directory}")
-        run_log.step(step_done, values)
-        return values
-
+    lock = workdir_lock.acquire(workdir) if is_main else None   # one job per workdir
     try:
-        if evaluator is not None and train_eval.pending_step(config, workdir, start_step) is not None:
-            print(f"running the eval of step {start_step} that the previous run did not finish", flush=True)
-            _evaluate(start_step)
-        for step in range(start_step, config.total_steps):
-            local = next(data_iter)
-            local = {k: v for k, v in local.items() if k in ("image", "mask")}
-            if sample_batch is None:
-                sample_batch = local
-            batch = pipeline.to_global_batch(local, batch_sharding)
-            if step % config.loss.r1_interval == 0 and config.loss.r1_gamma:
-                state, r1_metrics = r1_step(state, batch)
-            else:
-                r1_metrics = {}
-            state, metrics = train_step(state, batch)
-            metrics = {**metrics, **r1_metrics}
-            if config.log_batch_digest:
-                run_log.record(step + 1, {"batch_sha": _batch_digest(local)})
+        config_json = config.to_json_best_effort(sort_keys=True)
+        if is_main:
+            (workdir / "config.json").write_text(config_json)
+
+        # ------------------------------------------------------------------ mesh
+        mesh = shd.make_mesh(config.mesh.fsdp)
+        shd.check_batch_size(config.batch_size, mesh)
+        batch_sharding = shd.batch_sharding(mesh)
+        replicated = shd.replicated(mesh)
+
+        # ------------------------------------------------------------------ data
+        data_iter = pipeline.make_train_iterator(
+            config.data, global_batch_size=config.batch_size, seed=config.seed,
+            process_index=jax.process_index(), process_count=jax.process_count())
+
+        # ------------------------------------------------------------------ models and state
+        models = build_models(config)
+        init_fn = lambda key: init_state(config, models, key)  # noqa: E731
+        abstract = jax.eval_shape(init_fn, jax.random.key(config.seed))
+        state_sh = shd.state_shardings(abstract, mesh)
+        mngr = ckpt.make_manager(workdir, keep=config.keep_ckpts)
+        latest = mngr.latest_step()
+        if latest is not None:
+            ckpt.check_compatible(json.loads(ckpt.read_meta(mngr, latest)["config"]), json.loads(config_json))
+            target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  abstract, state_sh)
+            state, _ = ckpt.restore(mngr, latest, target, data_iter)
+            print(f"resumed from {mngr.directory} at step {latest}", flush=True)
+        else:
+            state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.seed))
+        start_step = int(jax.device_get(state["step"]))
+        meta = ckpt.run_metadata(config_json)
+        if is_main:
+            # What this start ran with (a resumed run may have another device count or code version).
+            record = {**meta, "config": json.loads(config_json), "start_step": start_step,
+                      "process_count": jax.process_count(), "device_count": jax.device_count(),
+                      "local_device_count": jax.local_device_count(), "platform": jax.devices()[0].platform,
+                      "device_kind": jax.devices()[0].device_kind,
+                      "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            (workdir / "run.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+            with open(workdir / "starts.jsonl", "a") as f:
+                f.write(json.dumps({k: v for k, v in record.items() if k != "config"}, sort_keys=True) + "\n")
+
+        # ------------------------------------------------------------------ compiled steps
+        train_step = jax.jit(ts.make_train_step(config, models),
+                             in_shardings=(state_sh, batch_sharding),
+                             out_shardings=(state_sh, replicated), donate_argnums=0)
+        r1_step = jax.jit(ts.make_r1_step(config, models),
+                          in_shardings=(state_sh, batch_sharding),
+                          out_shardings=(state_sh, replicated), donate_argnums=0)
+
+        # ------------------------------------------------------------------ evaluation
+        evaluator = None
+        if config.eval.every:
+            from psm_jax import train_eval
+            evaluator = train_eval.TrainEvaluator(config)
+
+        def _evaluate(step_done):
+            values = evaluator(train_eval.gather_ema_variables(state))
+            run_log.scalars(step_done, values)
+            return values
+
+        # ------------------------------------------------------------------ preemption
+        preempted = {"flag": False}
+
+        def _on_sigterm(signum, frame):  # noqa: ARG001
+            preempted["flag"] = True
+        previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+
+        # ------------------------------------------------------------------ loop
+        run_log = RunLog(workdir, total_steps=config.total_steps, start_step=start_step,
+                         enabled=is_main, progress_bar=config.progress_bar,
+                         images_per_step=config.batch_size, log_every=config.log_every)
+        sample_batch = None
+        pending: tuple[int, Any] | None = None   # metrics fetched one step late: no device stall
+        last: dict[str, Any] = {}
+        stop = False
+
+        def _flush(pending_metrics):
+            step_done, metrics = pending_metrics
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+                raise TrainingDiverged(f"non-finite {', '.join(bad)} at step {step_done}; "
+                                       f"keeping the last good checkpoint in {mngr.directory}")
+            run_log.step(step_done, values)
+            return values
+
+        try:
+            if evaluator is not None and train_eval.pending_step(config, workdir, start_step) is not None:
+                print(f"running the eval of step {start_step} that the previous run did not finish", flush=True)
+                _evaluate(start_step)
+            for step in range(start_step, config.total_steps):
+                local = next(data_iter)
+                local = {k: v for k, v in local.items() if k in ("image", "mask")}
+                if sample_batch is None:
+                    sample_batch = local
+                batch = pipeline.to_global_batch(local, batch_sharding)
+                if step % config.loss.r1_interval == 0 and config.loss.r1_gamma:
+                    state, r1_metrics = r1_step(state, batch)
+                else:
+                    r1_metrics = {}
+                state, metrics = train_step(state, batch)
+                metrics = {**metrics, **r1_metrics}
+                if config.log_batch_digest:
+                    run_log.record(step + 1, {"batch_sha": _batch_digest(local)})
+                if pending is not None:
+                    last = _flush(pending)
+                pending = (step + 1, metrics)
+                done = step + 1
+                if jax.process_count() == 1:
+                    stop = preempted["flag"]
+                elif done % PREEMPT_SYNC_EVERY == 0:
+                    # Every process must agree to stop at the same step, or the save deadlocks.
+                    stop = bool(multihost_utils.process_allgather(np.asarray(preempted["flag"])).any())
+                if config.sample_every and done % config.sample_every == 0 and is_main:
+                    from psm_jax.visualize import save_sample_grid
+                    save_sample_grid(config, models, state, sample_batch, workdir / f"samples/{done:08d}.png")
+                if stop or done % config.ckpt_every == 0 or done == config.total_steps:
+                    last = _flush(pending)       # never checkpoint a diverged state
+                    pending = None
+                    ckpt.save(mngr, done, state, data_iter, meta)
+                    if os.environ.get("PSM_FAULT_KILL_AFTER_CKPT") == str(done):
+                        # Fault injection for the resume tests: die like a preempted VM would.
+                        mngr.wait_until_finished()
+                        os.kill(os.getpid(), signal.SIGKILL)
+                if evaluator is not None and train_eval.is_eval_step(config, done) and not stop:
+                    _evaluate(done)
+                if stop:
+                    mngr.wait_until_finished()
+                    print(f"SIGTERM: saved checkpoint at step {done} in {mngr.directory}; exiting.",
+                          flush=True)
+                    break
             if pending is not None:
                 last = _flush(pending)
-            pending = (step + 1, metrics)
-            done = step + 1
-            if jax.process_count() == 1:
-                stop = preempted["flag"]
-            elif done % PREEMPT_SYNC_EVERY == 0:
-                # Every process must agree to stop at the same step, or the save deadlocks.
-                stop = bool(multihost_utils.process_allgather(np.asarray(preempted["flag"])).any())
-            if config.sample_every and done % config.sample_every == 0 and is_main:
-                from psm_jax.visualize import save_sample_grid
-                save_sample_grid(config, models, state, sample_batch, workdir / f"samples/{done:08d}.png")
-            if stop or done % config.ckpt_every == 0 or done == config.total_steps:
-                last = _flush(pending)       # never checkpoint a diverged state
-                pending = None
-                ckpt.save(mngr, done, state, data_iter, meta)
-                if os.environ.get("PSM_FAULT_KILL_AFTER_CKPT") == str(done):
-                    # Fault injection for the resume tests: die like a preempted VM would.
-                    mngr.wait_until_finished()
-                    os.kill(os.getpid(), signal.SIGKILL)
-            if evaluator is not None and train_eval.is_eval_step(config, done) and not stop:
-                _evaluate(done)
-            if stop:
-                mngr.wait_until_finished()
-                print(f"SIGTERM: saved checkpoint at step {done} in {mngr.directory}; exiting.",
-                      flush=True)
-                break
-        if pending is not None:
-            last = _flush(pending)
+        finally:
+            mngr.wait_until_finished()
+            if hasattr(data_iter, "close"):   # grain workers leak shared memory otherwise
+                data_iter.close()
+            run_log.close()
+            signal.signal(signal.SIGTERM, previous_handler)
+        return last
     finally:
-        mngr.wait_until_finished()
-        if hasattr(data_iter, "close"):   # grain workers leak shared memory otherwise
-            data_iter.close()
-        run_log.close()
-        signal.signal(signal.SIGTERM, previous_handler)
-    return last
+        if lock is not None:
+            workdir_lock.release(lock)

@@ -6,11 +6,11 @@ first ``eval.num_images`` records of the eval split with fixed seeded masks (or 
 files of ``data.eval_mask_dir``), the known pixels are composited back, and it reports, under
 ``eval/``:
 
-* ``l1`` (mean absolute error over hole pixels, 0-255) and ``psnr`` (whole image, dB);
+* ``l1_hole`` (mean absolute error over hole pixels, 0-255), ``l1``, ``psnr`` and ``ssim``;
 * the uncertainty calibration of every iteration t on the hole pixels (paper Sec. 3.1.1: sigma
-  is the picker's uncertainty): ``spearman/iter<t>`` between sigma_t and |mu_t - x|, and the
-  coverage of the +-1 sigma and +-2 sigma intervals (``cover1/iter<t>``, ``cover2/iter<t>``;
-  68% and 95% for a calibrated Gaussian), and ``spearman`` of the last iteration;
+  is the picker's uncertainty): ``calib/spearman/iter<t>`` between sigma_t and |mu_t - x|, the
+  NLL in bits per dimension and the coverage of the +-1/2 sigma intervals, and ``spearman``
+  (the last iteration's correlation);
 * ``fid`` when ``eval.inception`` names a converted Inception ``.npz`` (psm_jax.evaluators).
 
 The eval set, masks and keys are fixed, so two runs (or a resumed run) evaluate on identical
@@ -27,7 +27,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from psm_jax.data.transforms import from_model_range
 
 
 def is_eval_step(config: ml_collections.ConfigDict, step: int) -> bool:
@@ -44,7 +43,7 @@ def logged_eval_steps(workdir: Path) -> set[int]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "eval/l1" in rec:
+            if "eval/l1_hole" in rec:
                 steps.add(int(rec["step"]))
     return steps
 
@@ -56,16 +55,13 @@ def pending_step(config: ml_collections.ConfigDict, workdir: Path, start_step: i
     return None
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
-
-
 class TrainEvaluator:
-    """Holds the fixed eval batches and one compiled spread; ``__call__(variables) -> metrics``."""
+    """Holds the fixed eval batches and one compiled spread; ``__call__(variables) -> metrics``.
+
+    The numbers come from :func:`psm_jax.evaluators.inpainting.evaluate_spread`, the same code as
+    ``python -m psm_jax.evaluate``, keyed ``eval/<name>``; ``eval/spearman`` repeats the last
+    iteration's sigma-|error| Spearman correlation.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict):
         from psm_jax.data.pipeline import make_eval_dataset
@@ -81,52 +77,25 @@ class TrainEvaluator:
             raise ValueError("config.eval: the eval set is empty")
         self.fn = make_inpaint_fn(config, num_iters=self.iters, return_trajectory=True)
         self.inception = None
+        self.real_features = None
         if ev.inception:
             from psm_jax.evaluators.inception import InceptionFeatures
 
             self.inception = InceptionFeatures.from_npz(ev.inception)
 
     def __call__(self, variables: Any) -> dict[str, float]:
-        abs_sum, n_hole, psnrs = 0.0, 0, []
-        sig_T: list[list[np.ndarray]] = [[] for _ in range(self.iters)]
-        err_T: list[list[np.ndarray]] = [[] for _ in range(self.iters)]
-        real_feats, fake_feats = [], []
-        seen = 0
-        for batch in self.batches:
-            image, mask = batch["image"], batch["mask"]
-            key = jax.random.fold_in(jax.random.key(self.seed), seen)   # depends on the image index only
-            out = jax.device_get(self.fn(variables, image, mask, key))
-            hole = mask[..., 0] < 0.5
-            real_u8 = from_model_range(image)
-            fake_u8 = from_model_range(np.where(mask > 0.5, image, out["image"]))
-            err = fake_u8.astype(np.float64) - real_u8.astype(np.float64)
-            abs_sum += float(np.abs(err)[hole].sum())
-            n_hole += int(hole.sum()) * 3
-            for e in err:
-                mse = float(np.mean(e ** 2))
-                psnrs.append(99.0 if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse))
-            traj = out["trajectory"]
-            for t in range(self.iters):
-                sig_T[t].append(np.asarray(traj["std"][t])[hole].ravel())
-                err_T[t].append(np.abs(np.asarray(traj["mean"][t]) - image)[hole].ravel())
-            if self.inception is not None:
-                real_feats.append(self.inception(real_u8))
-                fake_feats.append(self.inception(fake_u8))
-            seen += len(image)
-        metrics = {"eval/l1": abs_sum / max(n_hole, 1), "eval/psnr": float(np.mean(psnrs)),
-                   "eval/num_images": float(seen)}
-        for t in range(self.iters):
-            sig, err = np.concatenate(sig_T[t]), np.concatenate(err_T[t])
-            metrics[f"eval/spearman/iter{t}"] = _spearman(sig, err)
-            if sig.size:
-                metrics[f"eval/cover1/iter{t}"] = float(np.mean(err <= sig))
-                metrics[f"eval/cover2/iter{t}"] = float(np.mean(err <= 2 * sig))
-        metrics["eval/spearman"] = metrics[f"eval/spearman/iter{self.iters - 1}"]
-        if self.inception is not None:
-            from psm_jax.evaluators.fid import fid_from_features
+        from psm_jax.evaluators.inpainting import run_spread
 
-            metrics["eval/fid"] = float(fid_from_features(np.concatenate(real_feats),
-                                                          np.concatenate(fake_feats)))
+        run = run_spread(self.fn, variables, self.batches, key=jax.random.key(self.seed),
+                         inception=self.inception, need_real_features=self.real_features is None)
+        if self.inception is not None and self.real_features is None:
+            self.real_features = np.concatenate(run.real_features)   # the reals never change
+        values = run.summary(self.real_features, fid_method="eigh", with_ids=False)
+        metrics = {f"eval/{k}": float(v) for k, v in values.items()}
+        metrics["eval/num_images"] = float(run.num_images)
+        last = f"eval/calib/spearman/iter{self.iters - 1}"
+        if last in metrics:
+            metrics["eval/spearman"] = metrics[last]
         return metrics
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from psm_jax.evaluators import cli, inception, torch_io
+from psm_jax import cli
+from psm_jax.evaluators import inception, torch_io
 
 # Flax unit (pytorch-fid name) -> TorchScript unit, per block type.
 _A = {"branch1x1": "conv", "branch5x5_1": "tower.conv", "branch5x5_2": "tower.conv_1",

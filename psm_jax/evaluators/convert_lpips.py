@@ -14,7 +14,8 @@ import sys
 
 import numpy as np
 
-from psm_jax.evaluators import cli, lpips, torch_io
+from psm_jax import cli
+from psm_jax.evaluators import lpips, torch_io
 
 LIN_CHANNELS = tuple(c for _, c, *_ in lpips.ALEX_CONVS)
 

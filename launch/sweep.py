@@ -1,0 +1,146 @@
+"""Expand a config's sweep into runs and launch them: locally, on a TPU pod, or through SLURM.
+
+    python -m launch.sweep configs/psm.py:table1 --dry_run            # print the 7 Table 1 runs
+    python -m launch.sweep configs/psm.py:table4 --workdir_root runs  # run them here, one by one
+    python -m launch.sweep configs/psm.py:table1 --launcher slurm     # sbatch one job per run
+    python -m launch.sweep configs/psm.py:table1 --launcher tpu --tpu psm-v4-32 --zone us-central2-b \\
+        --workdir_root gs://bucket/runs
+    python -m launch.sweep configs/psm.py:table2 --dry_run --eval_images /data/places365/val \\
+        --eval_masks /data/masks/large --inception /weights/inception.npz
+
+A sweep is ``get_sweep(name)`` in the config file (configs/psm.py): a list of runs, each with a
+``name``, a config ``arg`` and dotted ``overrides``, or an ``evaluate`` entry (Table 2 re-tests
+trained models at other iteration counts, reusing the training sweep's workdirs). Each run's
+workdir is ``WORKDIR_ROOT/SWEEP/NAME``. ``sweep.json`` in ``WORKDIR_ROOT/SWEEP`` records the runs
+and the paper's numbers for ``python -m launch.collect``. Extra arguments after ``--`` are passed
+to every training run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from psm_jax.cli import ArgumentParser, fail
+
+PROG = "python -m launch.sweep"
+TRAIN_SWEEP_OF = {"table2": "table1"}     # evaluation sweeps reuse these training workdirs
+
+
+def load_sweep(spec: str) -> tuple[str, str, list[dict[str, Any]]]:
+    """``path/to/config.py:NAME`` -> (config path, sweep name, runs)."""
+    path, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"{spec!r}: expected CONFIG.py:SWEEP, e.g. configs/psm.py:table1")
+    if not Path(path).is_file():
+        raise ValueError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location(f"_psm_sweep_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - a config that does not import: report, don't trace
+        raise ValueError(f"config file {path!r} does not import: {type(e).__name__}: {e}") from None
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"config file {path!r} defines no get_sweep()")
+    return path, name, module.get_sweep(name)
+
+
+def _override_flags(overrides: dict[str, Any]) -> list[str]:
+    return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def run_commands(config_path: str, sweep: str, runs: list[dict[str, Any]], root: str, *,
+                 eval_images: str, eval_masks: str, inception: str, extra: list[str]) -> list[dict]:
+    """Each run with its workdir and its command line (argv list)."""
+    out = []
+    for run in runs:
+        workdir = f"{root.rstrip('/')}/{sweep}/{run['name']}"
+        if "evaluate" in run:
+            ev = run["evaluate"]
+            train_dir = f"{root.rstrip('/')}/{TRAIN_SWEEP_OF.get(sweep, sweep)}/{ev['train_run']}"
+            argv = ["python", "-m", "psm_jax.evaluate", "--workdir", train_dir, "--images", eval_images,
+                    "--masks", eval_masks, "--iters", str(ev["iters"]), "--inception", inception,
+                    "--out", f"{workdir}/results.json"]
+            kind = "evaluate"
+        else:
+            argv = ["python", "-m", "psm_jax.main", f"--config={config_path}:{run['arg']}",
+                    f"--workdir={workdir}", *_override_flags(run.get("overrides", {})), *extra]
+            kind = "train"
+        out.append({**run, "workdir": workdir, "kind": kind, "argv": argv})
+    return out
+
+
+def launcher_argv(run: dict[str, Any], launcher: str, tpu: str, zone: str) -> list[str]:
+    """The command that starts ``run`` through ``launcher`` (local, tpu or slurm)."""
+    argv = run["argv"]
+    if launcher == "local" or run["kind"] == "evaluate" and launcher == "tpu":
+        return argv       # evaluation runs on one host; run it there
+    if launcher == "slurm":
+        if run["kind"] == "evaluate":
+            return ["sbatch", f"--job-name=psm-{run['name']}", "--nodes=1", "--wrap", shlex.join(argv)]
+        config = argv[3].split("=", 1)[1]
+        return ["sbatch", f"--job-name=psm-{run['name']}", "launch/gpu_slurm.sbatch", config,
+                run["workdir"], *argv[5:]]
+    config = argv[3].split("=", 1)[1]
+    return ["launch/tpu_pod.sh", "--tpu", tpu, "--zone", zone, "--config", config,
+            "--workdir", run["workdir"], "--", *argv[5:]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    ap.add_argument("sweep", help="CONFIG.py:SWEEP, e.g. configs/psm.py:table1")
+    ap.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--workdir_root", default="runs", help="runs go to WORKDIR_ROOT/SWEEP/NAME")
+    ap.add_argument("--launcher", default="local", choices=("local", "tpu", "slurm"))
+    ap.add_argument("--tpu", default="${TPU_NAME}", help="--launcher tpu: TPU VM name")
+    ap.add_argument("--zone", default="${TPU_ZONE}", help="--launcher tpu: zone")
+    ap.add_argument("--eval_images", default="${EVAL_IMAGES}", help="evaluation sweeps: image folder")
+    ap.add_argument("--eval_masks", default="${EVAL_MASKS}", help="evaluation sweeps: mask folder|large|small")
+    ap.add_argument("--inception", default="${INCEPTION_NPZ}", help="evaluation sweeps: Inception .npz")
+    args = ap.parse_args(argv)
+    try:
+        config_path, sweep, runs = load_sweep(args.sweep)
+    except ValueError as e:
+        fail(f"{PROG}: {e}")
+    runs = run_commands(config_path, sweep, runs, args.workdir_root, eval_images=args.eval_images,
+                        eval_masks=args.eval_masks, inception=args.inception, extra=extra)
+    commands = [launcher_argv(r, args.launcher, args.tpu, args.zone) for r in runs]
+    if args.dry_run:
+        for cmd in commands:
+            print(shlex.join(cmd).replace("'${", "${").replace("}'", "}"))
+        return 0
+    unset = sorted({a for cmd in commands for a in cmd if "${" in a})
+    if unset:
+        fail(f"{PROG}: set {', '.join(unset)} (flags --tpu/--zone/--eval_images/--eval_masks/--inception)")
+    sweep_dir = Path(args.workdir_root) / sweep
+    if not args.workdir_root.startswith("gs://"):
+        if sweep_dir.exists() and not sweep_dir.is_dir():
+            fail(f"{PROG}: --workdir_root: {sweep_dir} exists and is not a directory")
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        record = {"sweep": sweep, "config": config_path,
+                  "runs": [{k: r[k] for k in ("name", "workdir", "kind", "paper")} for r in runs]}
+        (sweep_dir / "sweep.json").write_text(json.dumps(record, indent=1))
+    failed = []
+    for run, cmd in zip(runs, commands):
+        print(f"[{run['name']}] {shlex.join(cmd)}", flush=True)
+        if cmd[0] == "python":          # run with this interpreter (the venv), not PATH's python
+            cmd = [sys.executable, *cmd[1:]]
+        if subprocess.run(cmd).returncode != 0:
+            failed.append(run["name"])
+    if failed:
+        print(f"error: {PROG}: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
