@@ -22,7 +22,8 @@ Variants:
                          each tests with its own training T; Table 2 re-tests A and B with
                          ``test_iters=4..10`` (an argument, e.g. ``configs/psm.py:A,test_iters=7``).
   tiny                   32x32 synthetic data, a few-channel model, the paper's code paths
-                         (scanned spread, top_k picker): for tests and smoke runs.
+                         (top_k picker, fresh fakes, style mixing; the train spread unrolled, as
+                         on any CPU config): for tests and smoke runs.
 
 Arguments (after the variant, comma separated): ``schedule=linear|cosine|sqrt|cubic`` (Table 4),
 ``test_iters=N`` (0 = the variant's own), ``att=absolute|relative`` (the attention-scale reading
@@ -109,6 +110,9 @@ def get_config(arg=None):
         c.log_every = 1
         c.ckpt_every = 3
         c.eval.update(every=6, num_images=8, batch_size=4)   # an in-training eval at the end
+        # A CPU config: XLA:CPU compiles (and runs the backward of) the scanned train spread many
+        # times slower than the unrolled one; the scan itself is checked in tests/test_spread.py.
+        c.spread.unroll_train = True
         c.sample_every = 0
         c.log_batch_digest = True
         c.ema.kimg = 0.01

@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"{PROG}: set {', '.join(unset)} (flags --tpu/--zone/--eval_images/--eval_masks/--inception)")
     sweep_dir = Path(args.workdir_root) / sweep
     if not args.workdir_root.startswith("gs://"):
-        if sweep_dir.exists() and not sweep_dir.is_dir():
-            fail(f"{PROG}: --workdir_root: {sweep_dir} exists and is not a directory")
+        for d in (Path(args.workdir_root), sweep_dir):
+            if d.exists() and not d.is_dir():
+                fail(f"{PROG}: --workdir_root: {d} exists and is not a directory")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         record = {"sweep": sweep, "config": config_path,
                   "runs": [{k: r[k] for k in ("name", "workdir", "kind", "paper")} for r in runs]}

@@ -155,6 +155,38 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Checks the enum and range fields a run would otherwise only trip over after compiling.
+
+    Raises ValueError naming the field and what was expected (main.py prints it as one line).
+    """
+    from psm_jax import losses, spread
+
+    def need(ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            value = c
+            for part in field.split("."):
+                value = value[part]
+            raise ValueError(f"config.{field}={value!r}: expected {expected}")
+
+    need(c.spread.schedule in spread.SCHEDULES, "spread.schedule", f"one of {sorted(spread.SCHEDULES)}")
+    need(c.spread.picker in spread.PICKERS, "spread.picker", f"one of {list(spread.PICKERS)}")
+    need(c.spread.uncertainty_map in spread.UNCERTAINTY_MAPS, "spread.uncertainty_map",
+         f"one of {list(spread.UNCERTAINTY_MAPS)}")
+    for field in ("spread.train_iters", "spread.test_iters", "batch_size", "total_steps", "ckpt_every",
+                  "loss.r1_interval", "keep_ckpts"):
+        section, _, name = field.rpartition(".")
+        node = c[section] if section else c
+        need(isinstance(node[name], int) and node[name] >= 1, field, "an integer >= 1")
+    need(c.loss.nll_region in losses.NLL_REGIONS, "loss.nll_region", f"one of {list(losses.NLL_REGIONS)}")
+    need(c.loss.nll_reduction in losses.NLL_REDUCTIONS, "loss.nll_reduction",
+         f"one of {list(losses.NLL_REDUCTIONS)}")
+    need(0.0 <= c.loss.style_mixing_prob <= 1.0, "loss.style_mixing_prob", "a probability in [0, 1]")
+    need(c.spread.alpha >= 0, "spread.alpha", ">= 0")
+    need(c.compute_dtype in ("float32", "bfloat16"), "compute_dtype", "'float32' or 'bfloat16'")
+    need(c.eval.every >= 0, "eval.every", ">= 0 (0 = off)")
+
+
 def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
     """Loads ``path/to/config.py[:arg]`` the way ``--config`` does, applies dotted overrides,
     and locks it (so a misspelled override key raises)."""

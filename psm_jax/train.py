@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from psm_jax import checkpoint as ckpt
+from psm_jax import config_lib
 from psm_jax import sharding as shd
 from psm_jax import train_step as ts
 from psm_jax import workdir_lock
@@ -98,6 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # ------------------------------------------------------------------ setup
     jax.config.update("jax_threefry_partitionable", True)
     absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every save at INFO
+    config_lib.validate(config)   # bad enum/range fields fail here, before anything is written
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise NotADirectoryError(f"--workdir {workdir} exists and is not a directory")

@@ -130,7 +130,7 @@ def test_every_variant_builds_and_its_models_trace(spec):
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", [f"{PSM}:tiny", f"{DEMO}:tiny"])
 def test_tiny_variants_train_one_step(spec):
-    """The tiny configs run the real step: psm.py:tiny with the paper's scanned spread and top_k."""
+    """The tiny configs run the real step: psm.py:tiny with the paper's top_k, style mixing, fresh fakes."""
     import numpy as np
 
     from psm_jax import train, train_step as ts

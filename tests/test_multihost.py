@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from psm_jax import checkpoint as ckpt
+from test_train import _flatten as _flat
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = f"{REPO / 'configs' / 'demo.py'}:tiny"
@@ -47,7 +48,7 @@ def _train(workdir: Path, steps: int, *, processes: int, devices: int) -> None:
                  f"--num_processes={processes}", f"--process_id={i}"] for i in range(processes)]
     procs = [subprocess.Popen(c, env=_env(devices), cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for c in cmds]
-    outs = [p.communicate(timeout=900) for p in procs]
+    outs = [p.communicate(timeout=1800) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
 
@@ -55,14 +56,6 @@ def _train(workdir: Path, steps: int, *, processes: int, devices: int) -> None:
 def _state(workdir: Path) -> dict:
     mngr = ckpt.make_manager(workdir, async_save=False, data_handler=False)
     return ckpt._restore_numpy(mngr, mngr.latest_step())
-
-
-def _flat(tree, prefix=""):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flat(v, f"{prefix}/{k}")
-    else:
-        yield prefix, np.asarray(tree)
 
 
 def test_process_rows_are_disjoint_and_cover_the_global_batch():

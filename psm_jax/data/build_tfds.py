@@ -29,6 +29,7 @@ from typing import Iterator
 
 from PIL import Image
 
+from psm_jax import cli
 from psm_jax.data import sources, transforms
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,17 @@ def build(images: str | Path, out: str | Path, name: str, *, eval_images: str | 
     import tensorflow_datasets as tfds
 
     builder = make_builder_class(name, splits, encoding)(data_dir=str(out), file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    except AssertionError as e:   # tfds: "No examples were yielded" when every file is corrupt
+        import shutil
+
+        shutil.rmtree(out / name, ignore_errors=True)   # leave no half-written dataset behind
+        if "No examples were yielded" in str(e):
+            raise ValueError(f"image folder(s) {', '.join(repr(str(f)) for f in splits.values())}: no image "
+                             f"could be decoded (every file is corrupt or not an image)") from None
+        raise
     stats = dict(builder.stats)
     if stats["skipped"]:
         log.warning("build_tfds: skipped %d unreadable file(s)", stats["skipped"])
@@ -137,7 +147,7 @@ def build(images: str | Path, out: str | Path, name: str, *, eval_images: str | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m psm_jax.data.build_tfds", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m psm_jax.data.build_tfds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", required=True, help="folder of training images (recursive)")
     parser.add_argument("--out", required=True, help="TFDS data_dir to write into")
     parser.add_argument("--name", required=True, help="dataset name (snake_case)")
@@ -150,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = build(args.images, args.out, args.name, eval_images=args.eval_images,
                       eval_split=args.eval_split, encoding=args.encoding)
     except ValueError as e:  # SourceError is a ValueError
-        print(f"build_tfds: error: {e}", file=sys.stderr)
-        return 2
+        cli.fail(f"python -m psm_jax.data.build_tfds: {e}")
     print(f"build_tfds: wrote {stats['written']} images to {args.out}/{args.name} "
           f"(skipped {stats['skipped']} unreadable)")
     return 0

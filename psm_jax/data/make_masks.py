@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from psm_jax import cli
 from psm_jax.data.mask_io import save_mask
 from psm_jax.data.masks import random_mask
 
@@ -41,12 +42,11 @@ def _write_range(job: tuple) -> int:
 
 
 def _fail(msg: str) -> int:
-    print(f"make_masks: error: {msg}", file=sys.stderr)
-    return 2
+    cli.fail(f"python -m psm_jax.data.make_masks: {msg}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m psm_jax.data.make_masks", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m psm_jax.data.make_masks", description=__doc__.split("\n\n")[0])
     p.add_argument("--kind", choices=["large", "small"], default="large")
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--num", type=int, required=True)

@@ -60,10 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.out.endswith(".npz"):
         cli.fail(f"{args.out}: output must be a .npz file")
+    state_dicts = []
+    for flag, path in (("--backbone", args.backbone), ("--linear", args.linear)):
+        try:
+            state_dicts.append(torch_io.read_state_dict(path, use_torch=args.use_torch))
+        except cli.INPUT_ERRORS as e:
+            cli.fail(str(e) if str(path) in str(e) else f"{flag} {path}: {e}")
     try:
-        backbone = torch_io.read_state_dict(args.backbone, use_torch=args.use_torch)
-        linear = torch_io.read_state_dict(args.linear, use_torch=args.use_torch)
-        flat = convert_state_dicts(backbone, linear, what=(args.backbone, args.linear))
+        flat = convert_state_dicts(*state_dicts, what=(args.backbone, args.linear))
     except cli.INPUT_ERRORS as e:
         cli.fail(str(e))
     lpips.save_npz(args.out, flat)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psm_jax import cli
 from psm_jax.models.generator import Generator, model_config
 
 
@@ -87,7 +88,7 @@ def _load_model_config(args: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m psm_jax.models.summary", description=__doc__.splitlines()[0])
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--config", help="config file[:arg], e.g. configs/psm.py:places512")
     src.add_argument("--variant", choices=["paper512", "paper256", "tiny"], default="paper512",
@@ -96,19 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.batch < 1:
-        print(f"summary: --batch must be >= 1, got {args.batch}", file=sys.stderr)
-        return 2
+        cli.fail(f"python -m psm_jax.models.summary: --batch must be >= 1, got {args.batch}")
     try:
         model_cfg = _load_model_config(args)
     except (OSError, ValueError, AttributeError, KeyError, ImportError, SyntaxError) as e:
         where = args.config or args.variant
-        print(f"summary: cannot load model config from {where!r}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+        cli.fail(f"python -m psm_jax.models.summary: cannot load model config from {where!r}: {type(e).__name__}: {e}")
     try:
         s = summarize(model_cfg, args.batch)
     except (TypeError, ValueError) as e:
-        print(f"summary: invalid model config: {e}", file=sys.stderr)
-        return 2
+        cli.fail(f"python -m psm_jax.models.summary: invalid model config: {e}")
     if args.json:
         print(json.dumps(s))
         return 0

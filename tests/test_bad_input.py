@@ -1,0 +1,137 @@
+"""Every command refuses bad input the same way: exit code 2, no traceback, one line that names the
+flag, field or file and what was expected, and nothing written to the output location.
+
+Each case is ``(command args, text the one line must contain, output path that must not appear)``.
+``{tmp}`` is a fresh directory, ``{empty}`` an empty one, ``{corrupt}`` a folder holding only
+corrupt images, ``{file}`` an ordinary file, ``{badconfig}`` a config file that raises on import.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "configs/demo.py:tiny"
+MAIN = ["-m", "psm_jax.main"]
+
+CASES = {
+    # ---- training (python -m psm_jax.main)
+    "main_missing_config_file": ([*MAIN, "--config=configs/nope.py", "--workdir={tmp}/w"], "nope.py", "{tmp}/w"),
+    "main_config_does_not_import": ([*MAIN, "--config={badconfig}", "--workdir={tmp}/w"], "boom", "{tmp}/w"),
+    "main_unknown_variant": ([*MAIN, "--config=configs/psm.py:huge", "--workdir={tmp}/w"], "huge", "{tmp}/w"),
+    "main_unknown_config_arg": ([*MAIN, "--config=configs/psm.py:A,speed=3", "--workdir={tmp}/w"], "speed",
+                                "{tmp}/w"),
+    "main_override_typo": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.optim.lrr=1"], "lrr",
+                           "{tmp}/w"),
+    "main_override_wrong_type": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.batch_size=abc"],
+                                 "batch_size", "{tmp}/w"),
+    "main_missing_workdir_flag": ([*MAIN, f"--config={TINY}"], "workdir", None),
+    "main_workdir_is_a_file": ([*MAIN, f"--config={TINY}", "--workdir={file}"], "not a directory", None),
+    "main_unknown_schedule": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.spread.schedule=exp"],
+                              "schedule", "{tmp}/w/checkpoints"),
+    "main_unknown_picker": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.spread.picker=heap"],
+                            "picker", "{tmp}/w/checkpoints"),
+    "main_unknown_uncertainty_map": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w",
+                                      "--config.spread.uncertainty_map=softmax"], "uncertainty_map",
+                                     "{tmp}/w/checkpoints"),
+    "main_unknown_source": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.data.source=s3"],
+                            "data.source", "{tmp}/w/checkpoints"),
+    "main_unknown_mask_kind": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.data.mask_kind=huge"],
+                               "mask_kind", "{tmp}/w/checkpoints"),
+    "main_missing_image_folder": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.data.source=folder",
+                                   "--config.data.path={tmp}/none"], "none", "{tmp}/w/checkpoints"),
+    "main_empty_image_folder": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.data.source=folder",
+                                 "--config.data.path={empty}"], "no images", "{tmp}/w/checkpoints"),
+    "main_tfds_not_prepared": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.data.source=tfds",
+                                "--config.data.tfds_name=not_a_dataset_xyz",
+                                "--config.data.tfds_data_dir={tmp}/tfds"], "not_a_dataset_xyz",
+                               "{tmp}/w/checkpoints"),
+    "main_batch_not_divisible": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.batch_size=3",
+                                  "--config.discriminator.mbstd_group_size=1"], "batch_size", "{tmp}/w/checkpoints"),
+    "main_fsdp_not_dividing": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.mesh.fsdp=3"], "fsdp",
+                               "{tmp}/w/checkpoints"),
+    "main_bad_r1_interval": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.loss.r1_interval=0"],
+                             "r1_interval", "{tmp}/w/checkpoints"),
+    # ---- checkpoints, summary
+    "digest_missing_workdir": (["-m", "psm_jax.checkpoint", "digest", "{tmp}/none"], "none", None),
+    "digest_no_checkpoint": (["-m", "psm_jax.checkpoint", "digest", "{empty}"], "checkpoint", None),
+    "summary_unknown_variant": (["-m", "psm_jax.models.summary", "--variant", "huge"], "huge", None),
+    "summary_missing_config": (["-m", "psm_jax.models.summary", "--config", "configs/nope.py"], "nope.py", None),
+    # ---- masks and datasets
+    "make_masks_unknown_kind": (["-m", "psm_jax.data.make_masks", "--kind", "huge", "--num", "2", "--out",
+                                 "{tmp}/m"], "kind", "{tmp}/m"),
+    "make_masks_zero_count": (["-m", "psm_jax.data.make_masks", "--num", "0", "--out", "{tmp}/m"], "num",
+                              "{tmp}/m"),
+    "make_masks_negative_resolution": (["-m", "psm_jax.data.make_masks", "--num", "2", "--resolution", "-8",
+                                        "--out", "{tmp}/m"], "resolution", "{tmp}/m"),
+    "make_masks_out_is_a_file": (["-m", "psm_jax.data.make_masks", "--num", "2", "--out", "{file}"], "file", None),
+    "build_tfds_missing_images": (["-m", "psm_jax.data.build_tfds", "--images", "{tmp}/none", "--out",
+                                   "{tmp}/t", "--name", "x"], "none", "{tmp}/t"),
+    "build_tfds_only_corrupt_images": (["-m", "psm_jax.data.build_tfds", "--images", "{corrupt}", "--out",
+                                        "{tmp}/t", "--name", "x"], "corrupt", "{tmp}/t/x"),
+    "build_tfds_bad_name": (["-m", "psm_jax.data.build_tfds", "--images", "{corrupt}", "--out", "{tmp}/t",
+                             "--name", "Bad Name!"], "name", "{tmp}/t"),
+    # ---- sweeps
+    "sweep_unknown_sweep": (["-m", "launch.sweep", "configs/psm.py:table9", "--dry_run"], "table9", None),
+    "sweep_missing_config": (["-m", "launch.sweep", "configs/nope.py:table1", "--dry_run"], "nope.py", None),
+    "sweep_bad_launcher": (["-m", "launch.sweep", "configs/psm.py:table1", "--launcher", "k8s"], "launcher", None),
+    "sweep_root_is_a_file": (["-m", "launch.sweep", "configs/psm.py:smoke", "--workdir_root", "{file}"],
+                             "not a directory", None),
+    "collect_missing_dir": (["-m", "launch.collect", "{tmp}/none"], "none", "{tmp}/none"),
+    "collect_no_sweep_json": (["-m", "launch.collect", "{empty}"], "sweep.json", "{empty}/results.md"),
+    # ---- evaluation and converters
+    "evaluate_missing_workdir": (["-m", "psm_jax.evaluate", "--workdir", "{tmp}/none", "--images", "{corrupt}",
+                                  "--masks", "large", "--iters", "2", "--inception", "{file}", "--out",
+                                  "{tmp}/r.json"], "none", "{tmp}/r.json"),
+    "evaluate_bad_iters": (["-m", "psm_jax.evaluate", "--workdir", "{empty}", "--images", "{corrupt}",
+                            "--masks", "large", "--iters", "two", "--inception", "{file}", "--out",
+                            "{tmp}/r.json"], "iters", "{tmp}/r.json"),
+    "convert_inception_missing_file": (["-m", "psm_jax.evaluators.convert_inception", "{tmp}/none.pth",
+                                        "{tmp}/o.npz"], "none.pth", "{tmp}/o.npz"),
+    "convert_inception_not_a_checkpoint": (["-m", "psm_jax.evaluators.convert_inception", "{file}",
+                                            "{tmp}/o.npz"], "file", "{tmp}/o.npz"),
+    "convert_lpips_missing_linear": (["-m", "psm_jax.evaluators.convert_lpips", "--backbone", "{file}",
+                                      "--linear", "{tmp}/none.pth", "{tmp}/o.npz"], "none.pth", "{tmp}/o.npz"),
+}
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_input")
+    (root / "empty").mkdir()
+    corrupt = root / "corrupt"
+    corrupt.mkdir()
+    for i in range(3):
+        (corrupt / f"img{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    (root / "file").write_text("an ordinary file\n")
+    (root / "badconfig.py").write_text("raise RuntimeError('boom')\n")
+    return root
+
+
+def _fmt(text: str, places: Path, tmp: Path) -> str:
+    return text.format(tmp=tmp, empty=places / "empty", corrupt=places / "corrupt", file=places / "file",
+                       badconfig=places / "badconfig.py")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_line_and_exit_2(name, places, tmp_path):
+    args, must_contain, output = CASES[name]
+    argv = [sys.executable, *(_fmt(a, places, tmp_path) for a in args)]
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu", PSM_DEBUG=""))
+    err = r.stderr.strip()
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("WARNING")]
+    assert r.returncode == 2, f"exit {r.returncode}: {err[-2000:]}"
+    assert "Traceback" not in r.stderr, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err[-2000:]
+    assert _fmt(must_contain, places, tmp_path) in lines[0], lines[0]
+    if output is not None:
+        assert not Path(_fmt(output, places, tmp_path)).exists(), f"{output} was written"
+
+
+def test_there_are_at_least_40_cases():
+    assert len(CASES) >= 40
