@@ -614,7 +614,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write <name>_steps.png: input, mu_t, sigma_t, m_t per iteration, output")
     parser.add_argument("--strategy", choices=STRATEGIES, default="pad", help="how any image size is handled")
     parser.add_argument("--batch", type=int, default=4, help="images per batch (same padded size)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:   # a bad flag (one line, see _Parser) or --help
+        return int(e.code or 0)
     try:
         return _run_cli(args)
     except InputError as e:
