@@ -238,45 +238,66 @@ def _pad_job(work_f: np.ndarray, known_b: np.ndarray, paste: Callable[[np.ndarra
                 lambda res: paste(res[:h, :w]))
 
 
-def plan(image_u8: np.ndarray, known: np.ndarray, strategy: str, resolution: int) -> _Job:
-    """The network input of one image under a strategy (see the module docstring)."""
+def hole_bbox(known: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) of the hole pixels (half-open), None if there is no hole."""
+    ys, xs = np.nonzero(~known)
+    if ys.size == 0:
+        return None
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def plan_window(size: tuple[int, int], bbox: tuple[int, int, int, int] | None, strategy: str,
+                resolution: int) -> tuple[int, int, int, int, int, int]:
+    """(y0, x0, h, w, sh, sw): the window of the image that is inpainted and its (unpadded) network size.
+
+    ``pad``: the whole image at full size. ``resize``: the whole image, shrunk to longer side ``resolution`` if
+    larger. ``crop``: the hole's bounding box plus a margin of ``resolution / 8`` on each side, grown to at least
+    ``resolution`` (clamped to the image), then as ``resize``.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    H, W = known.shape
-    hole = ~known
+    H, W = size
+    y0, x0, h, w = 0, 0, H, W
+    if strategy == "crop" and bbox is not None:
+        margin = max(MULTIPLE // 2, resolution // 8)
 
-    def composite(res_u8: np.ndarray, y0=0, x0=0, h=H, w=W) -> np.ndarray:
+        def window(lo: int, hi: int, n: int) -> tuple[int, int]:
+            size = min(n, max(hi - lo + 2 * margin, resolution))
+            return min(max(0, (lo + hi) // 2 - size // 2), n - size), size
+
+        (y0, h), (x0, w) = window(bbox[0], bbox[1], H), window(bbox[2], bbox[3], W)
+    if strategy == "pad" or max(h, w) <= resolution:
+        return y0, x0, h, w, h, w
+    s = resolution / max(h, w)
+    return y0, x0, h, w, max(1, round(h * s)), max(1, round(w * s))
+
+
+def work_shape(size: tuple[int, int], bbox, strategy: str, resolution: int) -> tuple[int, int]:
+    """The padded network input size of an image (what the compile cache is keyed by)."""
+    *_, sh, sw = plan_window(size, bbox, strategy, resolution)
+    return padded_size(sh), padded_size(sw)
+
+
+def plan(image_u8: np.ndarray, known: np.ndarray, strategy: str, resolution: int) -> _Job:
+    """The network input of one image under a strategy (see the module docstring and :func:`plan_window`)."""
+    y0, x0, h, w, sh, sw = plan_window(known.shape, hole_bbox(known), strategy, resolution)
+    hole_win = ~known[y0:y0 + h, x0:x0 + w]
+    work_f = to_model_range(image_u8[y0:y0 + h, x0:x0 + w])
+
+    def paste(res_f: np.ndarray) -> np.ndarray:
+        """Writes the (h, w) result into the hole pixels of a copy of the original."""
+        res_u8 = from_model_range(res_f)
         out = image_u8.copy()
         win = out[y0:y0 + h, x0:x0 + w]
-        win[hole[y0:y0 + h, x0:x0 + w]] = res_u8[hole[y0:y0 + h, x0:x0 + w]]
+        win[hole_win] = res_u8[hole_win]
         return out
 
-    def resize_job(img_u8: np.ndarray, kn: np.ndarray, y0: int, x0: int) -> _Job:
-        h, w = kn.shape
-        paste = lambda res_f, y0=y0, x0=x0, h=h, w=w: composite(from_model_range(res_f), y0, x0, h, w)  # noqa: E731
-        if strategy == "pad" or max(h, w) <= resolution:
-            return _pad_job(to_model_range(img_u8), kn, paste)
-        s = resolution / max(h, w)
-        sh, sw = max(1, round(h * s)), max(1, round(w * s))
-        small = _resize(to_model_range(img_u8), sh, sw, "bicubic")
-        # A small pixel is a hole if any original pixel under it is one (BOX coverage > 0).
-        small_known = _resize((~kn)[..., None].astype(np.float32), sh, sw, "box")[..., 0] <= 1e-4
-        return _pad_job(np.clip(small, -1.0, 1.0), small_known,
-                        lambda res_f: paste(_resize(res_f, h, w, "bicubic")))
-
-    if strategy in ("pad", "resize") or not hole.any():
-        return resize_job(image_u8, known, 0, 0)
-    ys, xs = np.nonzero(hole)
-    margin = max(MULTIPLE // 2, resolution // 8)
-
-    def window(lo: int, hi: int, n: int) -> tuple[int, int]:
-        size = min(n, max(hi - lo + 2 * margin, resolution))
-        start = min(max(0, (lo + hi) // 2 - size // 2), n - size)
-        return start, size
-
-    y0, wh = window(int(ys.min()), int(ys.max()) + 1, H)
-    x0, ww = window(int(xs.min()), int(xs.max()) + 1, W)
-    return resize_job(image_u8[y0:y0 + wh, x0:x0 + ww], known[y0:y0 + wh, x0:x0 + ww], y0, x0)
+    if (sh, sw) == (h, w):
+        return _pad_job(work_f, ~hole_win, paste)
+    small = np.clip(_resize(work_f, sh, sw, "bicubic"), -1.0, 1.0)
+    # A small pixel is a hole if any original pixel under it is one (BOX coverage > 0), so thin holes survive.
+    small_known = _resize(hole_win[..., None].astype(np.float32), sh, sw, "box")[..., 0] <= 1e-4
+    return _pad_job(small, small_known, lambda res_f: paste(_resize(res_f, h, w, "bicubic")))
 
 
 # ----------------------------------------------------------------------------------------------- Python API
@@ -371,12 +392,13 @@ class Inpainter:
         return (out, tr) if return_trajectory else out
 
     def run_jobs(self, jobs: list[_Job], *, iters: int | None, seed: int, num_samples: int,
-                 return_trajectory: bool, batch_size: int | None = None
+                 return_trajectory: bool, batch_size: int | None = None, pad_batches: bool = False
                  ) -> tuple[list[list[np.ndarray]], list[list[dict]]]:
         """Runs planned jobs grouped by padded shape; per job, a list over samples of results (and trajectories).
 
-        A short last batch is padded (repeating its last image) to the group's batch size, so each padded
-        size compiles once; padding does not change the real images' noise (see the module docstring).
+        A short last batch is padded (repeating its last image) to the group's batch size (to ``batch_size``
+        itself with ``pad_batches``), so each padded size compiles once; padding does not change the real
+        images' noise (see the module docstring).
         """
         T = int(iters or self.default_iters)
         results: list[list] = [[None] * num_samples for _ in jobs]
@@ -385,7 +407,7 @@ class Inpainter:
         for i, job in enumerate(jobs):
             groups.setdefault(job.shape, []).append(i)
         for shape, idx in groups.items():
-            n = min(len(idx), batch_size or len(idx))
+            n = batch_size if (pad_batches and batch_size) else min(len(idx), batch_size or len(idx))
             for c0 in range(0, len(idx), n):
                 chunk = idx[c0:c0 + n]
                 full = chunk + [chunk[-1]] * (n - len(chunk))
@@ -659,7 +681,7 @@ def _run_cli(args: argparse.Namespace) -> int:
             raise InputError(f"{mask_path}: mask is all hole (no known pixel to condition on)")
         if not binary:
             print(f"warning: {mask_path}: mask is not binary; thresholded at 50%", file=sys.stderr)
-        checked.append((img_path, mask_path, float(1.0 - known.mean())))
+        checked.append((img_path, mask_path, float(1.0 - known.mean()), known.shape, hole_bbox(known)))
     try:
         inp = Inpainter.from_workdir(args.workdir, args.step)
     except (FileNotFoundError, ValueError) as e:
@@ -674,33 +696,38 @@ def _run_cli(args: argparse.Namespace) -> int:
         out_arg.mkdir(parents=True, exist_ok=True)
     else:
         out_arg.parent.mkdir(parents=True, exist_ok=True)
-    # Images are decoded again here, a few batches at a time, so a big folder is never held in memory.
+    # Batches hold images of one padded size; each size's batch size is fixed (a short last batch is padded),
+    # so each distinct size compiles once. Images are decoded again per batch: a folder is never held in memory.
+    groups: dict[tuple[int, int], list] = {}
+    for item in checked:
+        groups.setdefault(work_shape(item[3], item[4], args.strategy, inp.resolution), []).append(item)
     done = 0
     bar = _progress(len(checked), "inpaint")
-    for c0 in range(0, len(checked), args.batch * 4):
-        block = checked[c0:c0 + args.batch * 4]
-        loaded, knowns, jobs = [], [], []
-        for img_path, mask_path, ratio in block:
-            li = load_image(img_path)
-            known, _ = load_mask_for(mask_path, li.rgb.shape[:2], args.mask_is_hole)
-            H, W = known.shape
-            _log(bar, f"{img_path.name}: {W}x{H}, hole ratio {ratio:.1%}")
-            loaded.append(li)
-            knowns.append(known)
-            jobs.append(plan(li.rgb, known, args.strategy, inp.resolution))
-        results, trajs = inp.run_jobs(jobs, iters=args.iters, seed=args.seed, num_samples=args.num_samples,
-                                      return_trajectory=args.save_steps, batch_size=args.batch)
-        for li, known, res, tr in zip(loaded, knowns, results, trajs):
-            for s, r in enumerate(res):
-                suffix = f"_s{s}" if args.num_samples > 1 else ""
-                li.to_pil(li.compose(r, known)).save(out_path(li.path, suffix))
-                if args.save_steps:
-                    t = _strip_arrays(tr[s])
-                    save_grid(spread_strip(t["image"], t["mask"], t["trajectory"], t["output"], show_masks=True),
-                              out_path(li.path, suffix + "_steps"))
-            done += 1
-        if bar is not None:
-            bar.update(len(block))
+    for items in groups.values():
+        n = min(len(items), args.batch)
+        for c0 in range(0, len(items), n):
+            block = items[c0:c0 + n]
+            loaded, knowns, jobs = [], [], []
+            for img_path, mask_path, ratio, (H, W), _ in block:
+                li = load_image(img_path)
+                known, _ = load_mask_for(mask_path, (H, W), args.mask_is_hole)
+                _log(bar, f"{img_path.name}: {W}x{H}, hole ratio {ratio:.1%}")
+                loaded.append(li)
+                knowns.append(known)
+                jobs.append(plan(li.rgb, known, args.strategy, inp.resolution))
+            results, trajs = inp.run_jobs(jobs, iters=args.iters, seed=args.seed, num_samples=args.num_samples,
+                                          return_trajectory=args.save_steps, batch_size=n, pad_batches=True)
+            for li, known, res, tr in zip(loaded, knowns, results, trajs):
+                for s, r in enumerate(res):
+                    suffix = f"_s{s}" if args.num_samples > 1 else ""
+                    li.to_pil(li.compose(r, known)).save(out_path(li.path, suffix))
+                    if args.save_steps:
+                        t = _strip_arrays(tr[s])
+                        save_grid(spread_strip(t["image"], t["mask"], t["trajectory"], t["output"],
+                                               show_masks=True), out_path(li.path, suffix + "_steps"))
+                done += 1
+            if bar is not None:
+                bar.update(len(block))
     if bar is not None:
         bar.close()
     where = out_arg if single_file_out else f"{out_arg}/"
