@@ -18,7 +18,7 @@ Signature, shape-polymorphic in the batch and in H = 32*h, W = 32*w::
 Shape polymorphism. Two things depend on concrete H and W and are avoided here: the CPU row banding of stride-2
 convs (``models/ops.py`` takes the one-conv path for symbolic shapes; banding is bit-identical, so the numbers do
 not change) and a ``lax.top_k`` picker, whose static k cannot come from symbolic H, W (the export always ranks
-with the stable sort, ``EXPORT_SPREAD_OVERRIDES``).
+with the stable sort, ``EXPORT_SPREAD_OVERRIDES``; it picks the same pixels as top_k).
 """
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ from psm_jax import inpaint
 
 FORMAT = "psm-jax.export/1"
 PRNG_IMPL = "threefry2x32"
-# pixel_spread overrides of the exported spread: the sort picker (no static k under symbolic H, W). Passed as
-# ``picker="sort"`` once pixel_spread takes a picker; until then the stable sort is its only picker.
-EXPORT_SPREAD_OVERRIDES: dict[str, Any] = {}
+# pixel_spread overrides of the exported spread: the stable-sort picker, because top_k's static k cannot be
+# derived from symbolic H, W. Both pickers pick the same pixels, so the artifact matches an Inpainter whose
+# config uses top_k.
+EXPORT_SPREAD_OVERRIDES: dict[str, Any] = {"picker": "sort"}
 
 
 def spread_fn(config: ml_collections.ConfigDict, variables: Any, num_iters: int, with_trajectory: bool = False):

@@ -81,9 +81,14 @@ def spread_kwargs(config: ml_collections.ConfigDict, **overrides: Any) -> dict[s
 
     One place for the in-process and the exported spread, so they cannot drift apart.
     """
-    kw = dict(schedule=config.spread.schedule, alpha=config.spread.alpha,
-              # Configs saved before this field existed ran Eq. 5 as written.
-              resample_committed=config.spread.get("resample_committed", True))
+    sp = config.spread
+    kw = dict(schedule=sp.schedule, alpha=sp.alpha,
+              # Configs saved before these fields existed ran Eq. 5 as written, fed the network the
+              # "exp" uncertainty map (the only one then) and ranked with the stable sort (both pickers
+              # pick the same pixels).
+              resample_committed=sp.get("resample_committed", True),
+              uncertainty_map=sp.get("uncertainty_map", "exp"),
+              picker=sp.get("picker", "sort"))
     kw.update(overrides)
     return kw
 
