@@ -151,7 +151,21 @@ def _on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def _static_shape(shape) -> bool:
+    """True if every dim is a Python int, False under ``jax.export``'s symbolic (shape-polymorphic) dims."""
+    return all(isinstance(d, (int, np.integer)) for d in shape)
+
+
 def _num_bands(x_NHWC: Array, w_HWIO: Array, stride: int, groups: int) -> int:
+    """Row bands for a strided conv on CPU; 1 (one conv) when the input shape is symbolic.
+
+    The band count is a Python int chosen from the FLOPs, which needs concrete H and W. Under shape
+    polymorphism (``psm_jax.export``: symbolic batch, H = 32*h, W = 32*w) the comparisons below would ask a
+    symbolic dim for a bool, so we take the one-conv path. Banding never changes the numbers (see above), so the
+    exported function computes the same values as the banded in-process one; it only forgoes the CPU speed-up.
+    """
+    if not _static_shape(x_NHWC.shape):
+        return 1
     b, h, w, _ = x_NHWC.shape
     kh, kw, cin, cout = w_HWIO.shape
     out_h, out_w = (h - kh) // stride + 1, (w - kw) // stride + 1
