@@ -48,7 +48,9 @@ def main(argv):
 def _parse_flags(argv):
     """absl parsing, but a bad flag, config file or override key is one line and exit 2."""
     try:
-        return FLAGS(argv)
+        rest = FLAGS(argv)
+        FLAGS.config.get("seed")  # config_flags defers a failed load; trip it here, inside the try
+        return rest
     except Exception as e:  # noqa: BLE001 - flags, config files and overrides raise many types
         text = str(e)
         if "Traceback" in text:  # a config file that raised: keep the flag and its last line
