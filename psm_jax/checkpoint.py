@@ -28,6 +28,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from psm_jax import cli
+
 ITEMS = ("state", "data", "meta")
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 
@@ -163,7 +165,7 @@ def digest(workdir: str | Path) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m psm_jax.checkpoint",
+    parser = cli.ArgumentParser(prog="python -m psm_jax.checkpoint",
                                      description="Inspect psm_jax training checkpoints.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("digest", help="print the latest step and a SHA-256 over its saved arrays")
@@ -174,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         step, sha = digest(args.workdir)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint: orbax/tensorstore raise many kinds
+        print(f"error: {args.workdir}: the latest checkpoint cannot be read ({type(e).__name__}: "
+              f"{' '.join(str(e).split())[:300]})", file=sys.stderr)
         return 2
     print(f"step {step} sha256 {sha}")
     return 0

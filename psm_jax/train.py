@@ -133,7 +133,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             ckpt.check_compatible(json.loads(ckpt.read_meta(mngr, latest)["config"]), json.loads(config_json))
             target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   abstract, state_sh)
-            state, _ = ckpt.restore(mngr, latest, target, data_iter)
+            # The newest checkpoint may be damaged (a disk fault, a truncated copy): resume from the
+            # newest one that reads back, saying which were skipped; never silently from scratch.
+            state, bad = None, []
+            for step_ in sorted(mngr.all_steps(), reverse=True):
+                try:
+                    state, _ = ckpt.restore(mngr, step_, target, data_iter)
+                except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+                    print(f"warning: checkpoint step {step_} in {mngr.directory} is unreadable "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); trying an older one",
+                          flush=True)
+                    bad.append(step_)
+                    continue
+                latest = step_
+                break
+            if state is None:
+                raise ValueError(f"{mngr.directory}: no checkpoint could be read back (steps "
+                                 f"{sorted(mngr.all_steps())}); move it away to start from scratch")
+            if bad:
+                # Keep the damaged steps for inspection, out of the way of the steps to be re-saved.
+                if is_main:
+                    aside = workdir / "checkpoints_unreadable"
+                    aside.mkdir(exist_ok=True)
+                    for step_ in bad:
+                        os.replace(Path(mngr.directory) / str(step_), aside / f"{step_}.{int(time.time())}")
+                    print(f"warning: moved unreadable step(s) {bad} to {aside}", flush=True)
+                if jax.process_count() > 1:
+                    multihost_utils.sync_global_devices("psm_jax: unreadable checkpoints moved")
+                mngr.reload()
             print(f"resumed from {mngr.directory} at step {latest}", flush=True)
         else:
             state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.seed))
