@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" tests

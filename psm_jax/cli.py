@@ -18,8 +18,13 @@ INPUT_ERRORS = (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError,
 
 def fail(message: str) -> NoReturn:
     """Prints ``error: message`` (whitespace folded onto one line) and exits with code 2."""
+    raise SystemExit(error(message))
+
+
+def error(message: str) -> int:
+    """Prints ``error: message`` on one line and returns exit code 2 (for ``main() -> int``)."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise SystemExit(2)
+    return 2
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -188,7 +188,7 @@ def test_make_masks_refuses_non_empty_out(tmp_path, capsys):
 def test_make_masks_bad_flags_exit_2(tmp_path, capsys, bad):
     argv = ["--num", "2", "--resolution", "32", "--out", str(tmp_path / "o"), "--no-progress"]
     assert make_masks.main(argv + bad) == 2
-    assert capsys.readouterr().err.startswith("make_masks: error:")
+    assert capsys.readouterr().err.startswith("error: python -m psm_jax.data.make_masks:")
 
 
 def test_make_masks_legacy_stream_is_mats(tmp_path):

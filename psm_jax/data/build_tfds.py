@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = build(args.images, args.out, args.name, eval_images=args.eval_images,
                       eval_split=args.eval_split, encoding=args.encoding)
     except ValueError as e:  # SourceError is a ValueError
-        cli.fail(f"python -m psm_jax.data.build_tfds: {e}")
+        return cli.error(f"python -m psm_jax.data.build_tfds: {e}")
     print(f"build_tfds: wrote {stats['written']} images to {args.out}/{args.name} "
           f"(skipped {stats['skipped']} unreadable)")
     return 0

@@ -42,7 +42,7 @@ def _write_range(job: tuple) -> int:
 
 
 def _fail(msg: str) -> int:
-    cli.fail(f"python -m psm_jax.data.make_masks: {msg}")
+    return cli.error(f"python -m psm_jax.data.make_masks: {msg}")
 
 
 def main(argv: list[str] | None = None) -> int:

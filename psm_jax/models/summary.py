@@ -97,16 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.batch < 1:
-        cli.fail(f"python -m psm_jax.models.summary: --batch must be >= 1, got {args.batch}")
+        return cli.error(f"python -m psm_jax.models.summary: --batch must be >= 1, got {args.batch}")
     try:
         model_cfg = _load_model_config(args)
     except (OSError, ValueError, AttributeError, KeyError, ImportError, SyntaxError) as e:
         where = args.config or args.variant
-        cli.fail(f"python -m psm_jax.models.summary: cannot load model config from {where!r}: {type(e).__name__}: {e}")
+        return cli.error(f"python -m psm_jax.models.summary: cannot load model config from {where!r}: {type(e).__name__}: {e}")
     try:
         s = summarize(model_cfg, args.batch)
     except (TypeError, ValueError) as e:
-        cli.fail(f"python -m psm_jax.models.summary: invalid model config: {e}")
+        return cli.error(f"python -m psm_jax.models.summary: invalid model config: {e}")
     if args.json:
         print(json.dumps(s))
         return 0
