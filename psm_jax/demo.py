@@ -370,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:   # bad config values (pipeline/model checks): one line
             print(f"error: {e}", file=sys.stderr)
             return 2
+        done = ckpt.latest_step(workdir)
+        if done is None or done < config.total_steps:   # SIGTERM: checkpoint saved, not finished
+            print(f"Training stopped at step {done} of {config.total_steps}; run the demo again to resume.",
+                  file=sys.stderr)
+            return 1
         timing["train_wall_s"] = time.perf_counter() - t_start
         timing["train_cpu_s"] = _cpu_seconds() - cpu_start
         print(f"Training took {timing['train_wall_s']:.0f} s wall, {timing['train_cpu_s']:.0f} s CPU.")
