@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
         if not args.nll_weight:
             return l1, l1
         nll = losses.discretized_gaussian_nll(x, mean, log_var)
-        return l1 + args.nll_weight * losses.reduce_nll(nll, m, region="hole"), l1
+        return l1 + args.nll_weight * losses.reduce_nll(nll, m, region="hole", reduction="mean"), l1
 
     @jax.jit
     def step(params, opt, x, m):

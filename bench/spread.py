@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/spread.py [--model tiny|paper256|paper512] [--batch 4] [--iters 1 2 4 8] [--repeats 3]
     .venv/bin/python bench/spread.py --model paper512 --batch 1 --iters 4 --repeats 2   # 512 latency at T = 4
+    .venv/bin/python bench/spread.py --picker top_k sort --pick-only       # the two pickers alone
 
 For each T: compile time of the jitted spread (one lax.scan body, so it should be flat in T), median wall time
 of a run (the whole spread is one jitted program: no host sync between iterations), and the overhead ratio
 ``spread_s / (T * forward_s)`` against a jitted single generator forward (the pick, i.e. one sort per image, and
 the sampling are the overhead). A final line reports ``compile_ratio_8_over_2`` (target: within 1.2).
+``--picker top_k sort`` times each picker (``spread.picker``; identical picks); ``--pick-only`` times
+the pick step alone (``pick_lowest`` on one iteration's scores, k from the linear schedule).
 Every row carries device, dtype and load1 (bench/common.py).
 """
 from __future__ import annotations
@@ -22,10 +25,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from psm_jax.models.generator import Generator, make_apply_fn, model_config  # noqa: E402
-from psm_jax.spread import pixel_spread  # noqa: E402
+from psm_jax.spread import PICKERS, max_pick_increment, pick_lowest, pixel_spread, schedule_counts  # noqa: E402
 
-MD_COLUMNS = ("device", "dtype", "model", "batch", "T", "spread_s", "forward_s", "overhead_ratio", "compile_s",
-              "load1")
+MD_COLUMNS = ("device", "dtype", "model", "batch", "T", "picker", "spread_s", "forward_s", "overhead_ratio",
+              "compile_s", "load1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--max-seconds", type=float, default=None, help="cap on the timed repeats of each T")
+    ap.add_argument("--picker", nargs="+", default=["top_k"], choices=PICKERS, help="pickers to time")
+    ap.add_argument("--pick-only", action="store_true", help="time only the pick step of each picker")
     ap.add_argument("--markdown", action="store_true", help="update the spread table of docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or min(args.iters) < 1:
@@ -45,10 +50,23 @@ def main(argv: list[str] | None = None) -> int:
     k = jax.random.split(jax.random.key(0), 4)
     image = (jax.random.uniform(k[0], (b, r, r, 3)) * 2 - 1).astype(dt)
     mask = (jax.random.uniform(k[1], (b, r, r, 1)) > 0.6).astype(dt)
+    base = {"model": args.model, "batch": b, "dtype": args.dtype, "device": common.device_name()}
+
+    if args.pick_only:
+        score = jax.random.uniform(k[2], (b, r, r, 1))
+        for T in args.iters:
+            k_B = schedule_counts(jnp.sum(mask < 0.5, axis=(1, 2, 3)), T)[:, 0]
+            for picker in args.picker:
+                fn = jax.jit(lambda s, m, kb, p=picker, T=T: pick_lowest(
+                    s, m, kb, picker=p, k_max=max_pick_increment(r * r, T, "linear")))
+                t = common.time_fn(fn, score, mask, k_B, repeats=args.repeats, max_seconds=args.max_seconds)
+                common.emit({**base, "T": T, "picker": picker, "pick_s": round(t["median_s"], 6),
+                             "load1": t["load1"]})
+        return 0
+
     variables = jax.jit(lambda: gen.init({"params": k[2], "latent": k[3], "noise": k[3]},
                                          image, mask, mask, 1 - mask, 0.0))()
     variables = jax.tree.map(lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, variables)
-    base = {"model": args.model, "batch": b, "dtype": args.dtype, "device": common.device_name()}
 
     fwd = jax.jit(lambda v, i, m, key: make_apply_fn(gen, v)(i * m, m, m, 1 - m, jnp.zeros((b,), dt), key))
     t = common.time_fn(fwd, variables, image, mask, k[3], repeats=args.repeats, max_seconds=args.max_seconds)
@@ -57,22 +75,23 @@ def main(argv: list[str] | None = None) -> int:
 
     compile_s, rows = {}, []
     for T in args.iters:
-        spread = jax.jit(lambda v, i, m, key, T=T: pixel_spread(make_apply_fn(gen, v), i, m, key,
-                                                               num_iters=T)["image"])
-        t0 = time.perf_counter()
-        compiled = spread.lower(variables, image, mask, k[3]).compile()
-        compile_s[T] = time.perf_counter() - t0
-        t = common.time_fn(compiled, variables, image, mask, k[3], repeats=args.repeats,
-                           max_seconds=args.max_seconds)
-        row = {**base, "T": T, "compile_s": round(compile_s[T], 3), "spread_s": round(t["median_s"], 5),
-               "forward_s": round(forward_s, 5), "overhead_ratio": round(t["median_s"] / (T * forward_s), 3),
-               "load1": t["load1"]}
-        rows.append(row)
-        common.emit(row)
+        for picker in args.picker:
+            spread = jax.jit(lambda v, i, m, key, T=T, p=picker: pixel_spread(
+                make_apply_fn(gen, v), i, m, key, num_iters=T, picker=p)["image"])
+            t0 = time.perf_counter()
+            compiled = spread.lower(variables, image, mask, k[3]).compile()
+            compile_s[T] = time.perf_counter() - t0
+            t = common.time_fn(compiled, variables, image, mask, k[3], repeats=args.repeats,
+                               max_seconds=args.max_seconds)
+            row = {**base, "T": T, "picker": picker, "compile_s": round(compile_s[T], 3),
+                   "spread_s": round(t["median_s"], 5), "forward_s": round(forward_s, 5),
+                   "overhead_ratio": round(t["median_s"] / (T * forward_s), 3), "load1": t["load1"]}
+            rows.append(row)
+            common.emit(row)
     if 2 in compile_s and 8 in compile_s:
         common.emit({**base, "compile_ratio_8_over_2": round(compile_s[8] / compile_s[2], 3)})
     if args.markdown:
-        common.update_markdown("spread", rows, key=("device", "dtype", "model", "batch", "T"), columns=MD_COLUMNS,
+        common.update_markdown("spread", rows, key=("device", "dtype", "model", "batch", "T", "picker"), columns=MD_COLUMNS,
                                title="Pixel spread vs T (bench/spread.py)")
     return 0
 

@@ -29,8 +29,8 @@ Strengths (StyleGAN2-ADA Appendix B defaults; ``lnN(0, (s ln 2)^2)`` is written 
   inverse on y; fractional translation N(0, 0.125^2) of the image size (off by default, see below);
   brightness + N(0, 0.2^2); contrast x 2**N(0, 0.5^2); luma flip with probability 1/2; hue rotation by
   U(-pi, pi) about the luma axis; saturation 2**N(0, 1^2) of the chroma component; cutout side 0.5.
-Families follow issue 5 ("xflip, rotate90, integer translation, scaling, rotation, colour, cutout");
-fractional translation belongs to StyleGAN2-ADA's "bgc" preset but not to that list, so ``xfrac`` is 0.
+Default families: StyleGAN2-ADA's "bgc" preset, which MAT's train.py selects (blit + geometric with
+fractional translation + colour; no cutout). Cutout stays available (``cutout = 1``), see docs/FIDELITY.md.
 
 Images are not clipped after colour ops (as in StyleGAN2-ADA). With p == 0 the output is bit-identical to
 the input (``lax.cond`` skips the whole pipeline); samples for which no transform was drawn are also passed
@@ -88,7 +88,7 @@ def default_ada_config() -> ml_collections.ConfigDict:
     c.rotate_max = 1.0        # Fraction of pi.
     c.aniso = 1.0
     c.aniso_std = 0.2         # log2 units.
-    c.xfrac = 0.0             # Not in the issue's family list; 1.0 reproduces StyleGAN2-ADA "bgc".
+    c.xfrac = 1.0             # MAT trains with StyleGAN2-ADA's "bgc" pipe, which includes it.
     c.xfrac_std = 0.125       # Fraction of image size.
     # Colour (image only).
     c.brightness = 1.0
@@ -101,7 +101,7 @@ def default_ada_config() -> ml_collections.ConfigDict:
     c.saturation = 1.0
     c.saturation_std = 1.0    # log2 units.
     # Corruption.
-    c.cutout = 1.0
+    c.cutout = 0.0            # Not in "bgc" (MAT's default augpipe); 1.0 adds the "c" of "bgcfnc".
     c.cutout_size = 0.5       # Side of the square, fraction of image side.
     c.cutout_fill = 0.0       # Image value inside the square (0 = mid grey in [-1, 1]).
     c.cutout_mask_value = 0.0  # Mask value inside the square as seen by D (0 = hole).

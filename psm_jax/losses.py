@@ -206,7 +206,7 @@ NLL_REDUCTIONS = ("mean", "sum")
 
 
 def reduce_nll(nll: jax.Array, mask: jax.Array | None = None, *, region: str = "all",
-               reduction: str = "mean") -> jax.Array:
+               reduction: str = "sum") -> jax.Array:
     """Reduces a per-element NLL ``[B,H,W,C]`` to a scalar (config ``loss.nll_region`` / ``nll_reduction``).
 
     region:
@@ -214,13 +214,11 @@ def reduce_nll(nll: jax.Array, mask: jax.Array | None = None, *, region: str = "
       * ``"hole"``: only pixels with ``mask == 0`` (``mask`` [B,H,W,1], 1 = known). Known pixels
         are pasted back from the input, so their variance is never used by the pick step.
     reduction:
-      * ``"mean"`` (default): mean over the selected elements of the whole batch. Eq. 1 sums
-        over D = H*W*C; with lambda3 = 1e-4 a 512^2 sum would weigh the NLL ~80x above the
-        adversarial term, while the per-element mean keeps lambda3*NLL a small regulariser of
-        the shared trunk. Under Adam the variance head, which only this term reaches, learns at
-        the same speed either way (Adam is invariant to a per-parameter gradient scale).
-      * ``"sum"``: the literal Eq. 1: per-image sum over the selected elements, then the
-        batch mean.
+      * ``"sum"`` (default, the paper's): Eq. 1 sums over the D = H*W*C data dimensions of an
+        image, and Eq. 10's lambda_3 = 1e-4 weighs that sum: per-image sum over the selected
+        elements, then the batch mean.
+      * ``"mean"``: mean over the selected elements of the whole batch, ~H*W*C times weaker
+        (the CPU demo's choice, where the NLL is reweighted on its own).
     """
     if region not in NLL_REGIONS:
         raise ValueError(f"loss.nll_region must be one of {NLL_REGIONS}, got {region!r}")

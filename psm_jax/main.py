@@ -24,8 +24,13 @@ def main(argv):
     del argv
     import jax
     if FLAGS.coordinator or FLAGS.distributed:
+        kwargs = {}
+        if FLAGS.coordinator and FLAGS.coordinator.split(":")[0] in ("127.0.0.1", "localhost"):
+            # A local cluster: keep the coordinator on loopback (it binds every interface otherwise).
+            kwargs["coordinator_bind_address"] = FLAGS.coordinator
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                                   **kwargs)
     from psm_jax import train
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -79,6 +79,21 @@ class RunLog:
             shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
             print(f"  {shown}", flush=True)
 
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Occasional metrics (evaluations): metrics.jsonl, TensorBoard and one printed line."""
+        if not self.enabled:
+            return
+        self.record(step, values)
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, step)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()) if "/iter" not in k)
+        message = f"eval at step {step}: {shown}"
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -131,6 +131,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.seed))
     start_step = int(jax.device_get(state["step"]))
     meta = ckpt.run_metadata(config_json)
+    if is_main:
+        # What this start ran with (a resumed run may have another device count or code version).
+        record = {**meta, "config": json.loads(config_json), "start_step": start_step,
+                  "process_count": jax.process_count(), "device_count": jax.device_count(),
+                  "local_device_count": jax.local_device_count(), "platform": jax.devices()[0].platform,
+                  "device_kind": jax.devices()[0].device_kind,
+                  "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (workdir / "run.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+        with open(workdir / "starts.jsonl", "a") as f:
+            f.write(json.dumps({k: v for k, v in record.items() if k != "config"}, sort_keys=True) + "\n")
 
     # ------------------------------------------------------------------ compiled steps
     train_step = jax.jit(ts.make_train_step(config, models),
@@ -139,6 +149,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     r1_step = jax.jit(ts.make_r1_step(config, models),
                       in_shardings=(state_sh, batch_sharding),
                       out_shardings=(state_sh, replicated), donate_argnums=0)
+
+    # ------------------------------------------------------------------ evaluation
+    evaluator = None
+    if config.eval.every:
+        from psm_jax import train_eval
+        evaluator = train_eval.TrainEvaluator(config)
+
+    def _evaluate(step_done):
+        values = evaluator(train_eval.gather_ema_variables(state))
+        run_log.scalars(step_done, values)
+        return values
 
     # ------------------------------------------------------------------ preemption
     preempted = {"flag": False}
@@ -167,6 +188,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return values
 
     try:
+        if evaluator is not None and train_eval.pending_step(config, workdir, start_step) is not None:
+            print(f"running the eval of step {start_step} that the previous run did not finish", flush=True)
+            _evaluate(start_step)
         for step in range(start_step, config.total_steps):
             local = next(data_iter)
             local = {k: v for k, v in local.items() if k in ("image", "mask")}
@@ -201,6 +225,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     # Fault injection for the resume tests: die like a preempted VM would.
                     mngr.wait_until_finished()
                     os.kill(os.getpid(), signal.SIGKILL)
+            if evaluator is not None and train_eval.is_eval_step(config, done) and not stop:
+                _evaluate(done)
             if stop:
                 mngr.wait_until_finished()
                 print(f"SIGTERM: saved checkpoint at step {done} in {mngr.directory}; exiting.",

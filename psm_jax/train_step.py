@@ -3,8 +3,12 @@
 Design decisions where the paper is silent (each is a config field):
 
 * **What D sees.** As in MAT, D sees the *composited* prediction (known pixels pasted back,
-  ``m0 * x + (1 - m0) * pred``) together with the initial mask ``m0``. Every spread iteration's
-  prediction is shown to D, because Eq. 10 supervises every iteration.
+  ``m0 * x + (1 - m0) * pred``) together with the initial mask ``m0`` (``loss.composite_fakes``).
+  Every spread iteration's prediction is shown to D, because Eq. 10 supervises every iteration,
+  **one D call per iteration**: D's minibatch-std layer groups samples with a stride, so one call
+  on the iteration-major stack of T x B fakes would put the same image at two iterations into
+  one group (they share every known pixel); that group's std is lower than any real group's,
+  and D could tell fakes from reals by batch structure alone.
 * **What is supervised.** With decoupled probabilistic modelling (``spread.decoupled``, the
   paper's full model) the adversarial, perceptual and L1 terms see the mean ``mu_t`` and the NLL
   (Eq. 1) trains only the variance (``sg[mu]``). Model D of Table 1 (``decoupled=False``) drops
@@ -17,9 +21,12 @@ Design decisions where the paper is silent (each is a config field):
   whole initial hole.
 * **Gradients between iterations** (``spread.grad_through_iters``, default off): the input of
   iteration t+1 is treated as data, so each iteration is supervised on its own.
-* **D's fakes.** D is updated on the fakes produced in the same step by the pre-update G (one
-  spread per step instead of two). StyleGAN2 re-generates after the G update; with Adam's
-  small per-step change the difference is negligible and it saves a third of the step's FLOPs.
+* **D's fakes** (``loss.d_fresh_fakes``). As MAT's Dmain phase, D is updated on fakes that the
+  *updated* G re-generates with fresh latents (one more forward spread per step). ``False``
+  reuses the fakes of G's own step (a third fewer FLOPs; Adam's small step makes it close).
+* **G's Adam** is rescaled for MAT's lazy-regularisation interval ``loss.g_reg_interval`` = 4
+  (lr * 4/5, betas ** (4/5)) although MAT's path-length term is commented out: that is what
+  MAT's G optimiser actually ran with.
 * **R1** is lazy (every ``loss.r1_interval`` steps, scaled by the interval, with D's Adam lr and
   betas rescaled by interval/(interval+1)), computed on augmented reals, as StyleGAN2-ADA.
 * **Mixed precision.** With ``compute_dtype=bfloat16`` G's and D's parameters and inputs are
@@ -60,7 +67,10 @@ def _cast(tree: Any, dtype: jnp.dtype) -> Any:
 def make_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
                                                                  optax.GradientTransformation]:
     o = config.optim
-    g_tx = optax.adam(o.lr * o.g_lr_mult, b1=o.b1, b2=o.b2, eps=o.eps)
+    g_lr, g_b1, g_b2 = o.lr * o.g_lr_mult, o.b1, o.b2
+    if config.loss.g_reg_interval:
+        g_lr, g_b1, g_b2 = losses.lazy_reg_adam_hparams(g_lr, g_b1, g_b2, config.loss.g_reg_interval)
+    g_tx = optax.adam(g_lr, b1=g_b1, b2=g_b2, eps=o.eps)
     # D shares one Adam between its main and lazy-R1 steps; StyleGAN2 rescales both.
     lr, b1, b2 = losses.lazy_reg_adam_hparams(o.lr * o.d_lr_mult, o.b1, o.b2, config.loss.r1_interval)
     d_tx = optax.adam(lr, b1=b1, b2=b2, eps=o.eps)
@@ -76,9 +86,11 @@ def ema_beta(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
     return 0.5 ** (batch / jnp.maximum(ema_nimg, 1e-8))
 
 
-def generator_apply_fn(models: Models, variables: Any, *, noise_mode: str = "random") -> Callable:
+def generator_apply_fn(models: Models, variables: Any, *, noise_mode: str = "random",
+                       style_mixing_prob: float = 0.0) -> Callable:
     """The ``apply_fn(x, m0, m, u, t_frac, key)`` that :func:`pixel_spread` expects."""
-    return make_apply_fn(models.generator, variables, noise_mode=noise_mode)
+    return make_apply_fn(models.generator, variables, noise_mode=noise_mode,
+                         style_mixing_prob=style_mixing_prob)
 
 
 def update_w_avg(models: Models, g_params: Any, g_buffers: Any, key: jax.Array,
@@ -110,27 +122,42 @@ def _d_logits(models: Models, d_params: Any, images: jax.Array, masks: jax.Array
     return logits.reshape(-1).astype(jnp.float32)
 
 
+def d_logits_per_iteration(models: Models, d_params: Any, images_TBHWC: jax.Array,
+                           masks_TBHW1: jax.Array, dtype: str = "float32") -> jax.Array:
+    """D's logits [T, B] with one D call per spread iteration (see the module docstring:
+    minibatch-std groups must never mix two iterations of the same image)."""
+    return jnp.stack([_d_logits(models, d_params, images_TBHWC[t], masks_TBHW1[t], dtype)
+                      for t in range(images_TBHWC.shape[0])])
+
+
 def _augment(config, key, images, masks, p):
     if not config.ada.enabled:
         return images, masks
     return ada.augment(key, images, masks, p, config.ada)
 
 
-def _g_loss(g_params, state, batch, key, *, config, models):
+def _spread_fakes(g_params, state, batch, key, *, config, models):
+    """Runs the training spread and returns what the losses need (all float32, [T, B, ...]).
+
+    ``pred``: what is supervised (the mean, or the sample for model D), with the frozen-spread
+    bookkeeping applied; ``fake``: the image D and the perceptual loss see; ``m_in``: the mask at
+    each iteration's input (the L1/NLL regions); ``mean``, ``log_var``: the raw heads.
+    """
     dt = jnp.dtype(config.compute_dtype)
     real, m0 = batch["image"], batch["mask"]
-    k_spread, k_sample, k_aug = jax.random.split(key, 3)
+    k_spread, k_sample = jax.random.split(key)
     variables = {"params": _cast(g_params, dt), **state["g_buffers"]}
     sp = config.spread
-    out = pixel_spread(generator_apply_fn(models, variables), real.astype(dt), m0.astype(dt),
-                       k_spread, num_iters=sp.train_iters, schedule=sp.schedule, alpha=sp.alpha,
-                       return_trajectory=True, remat=sp.remat,
+    apply_fn = generator_apply_fn(models, variables, style_mixing_prob=config.loss.style_mixing_prob)
+    out = pixel_spread(apply_fn, real.astype(dt), m0.astype(dt), k_spread, num_iters=sp.train_iters,
+                       schedule=sp.schedule, alpha=sp.alpha, return_trajectory=True, remat=sp.remat,
                        stop_grad_between_iters=not sp.grad_through_iters,
                        unroll=True if sp.unroll_train else 1,
-                       resample_committed=sp.resample_committed)
+                       resample_committed=sp.resample_committed,
+                       uncertainty_map=sp.uncertainty_map, picker=sp.picker)
     traj = jax.tree.map(lambda a: a.astype(jnp.float32), out["trajectory"])
     mean_TBHWC, log_var_TBHWC = traj["mean"], traj["log_var"]
-    T, B = mean_TBHWC.shape[:2]
+    T = mean_TBHWC.shape[0]
     if sp.decoupled:
         pred_TBHWC = mean_TBHWC
     else:  # model D: supervise the sample; the variance gets gradients through it
@@ -146,18 +173,33 @@ def _g_loss(g_params, state, batch, key, *, config, models):
         m_in_TBHW1 = jnp.concatenate([m0[None].astype(jnp.float32), traj["mask"][:-1]], axis=0)
         committed_TBHW1 = (m_in_TBHW1 > 0.5) & (m0[None] < 0.5)
         pred_TBHWC = jnp.where(committed_TBHW1, jax.lax.stop_gradient(traj["x"]), pred_TBHWC)
-    fake_TBHWC = m0 * real + (1.0 - m0) * pred_TBHWC
-    fake_NHWC = fake_TBHWC.reshape((T * B,) + fake_TBHWC.shape[2:])
-    m0_N = jnp.tile(m0, (T, 1, 1, 1))
+    fake_TBHWC = m0 * real + (1.0 - m0) * pred_TBHWC if config.loss.composite_fakes else pred_TBHWC
+    return {"pred": pred_TBHWC, "fake": fake_TBHWC, "m_in": m_in_TBHW1, "mean": mean_TBHWC,
+            "log_var": log_var_TBHWC}
 
-    aug_img, aug_mask = _augment(config, k_aug, fake_NHWC, m0_N, state["ada"]["p"])
-    fake_logits_TB = _d_logits(models, state["d_params"], aug_img, aug_mask,
-                               config.compute_dtype).reshape(T, B)
+
+def _augmented_d_logits(config, models, d_params, fake_TBHWC, m0, key, p):
+    """ADA on all T x B fakes (per-sample draws), then one D call per iteration -> [T, B]."""
+    T, B = fake_TBHWC.shape[:2]
+    fake_NHWC = fake_TBHWC.reshape((T * B,) + fake_TBHWC.shape[2:])
+    aug_img, aug_mask = _augment(config, key, fake_NHWC, jnp.tile(m0, (T, 1, 1, 1)), p)
+    return d_logits_per_iteration(models, d_params, aug_img.reshape(fake_TBHWC.shape),
+                                  aug_mask.reshape((T, B) + aug_mask.shape[1:]), config.compute_dtype)
+
+
+def _g_loss(g_params, state, batch, key, *, config, models):
+    real, m0 = batch["image"], batch["mask"]
+    k_spread, k_aug = jax.random.split(key)
+    f = _spread_fakes(g_params, state, batch, k_spread, config=config, models=models)
+    mean_TBHWC, log_var_TBHWC, fake_TBHWC, m_in_TBHW1 = f["mean"], f["log_var"], f["fake"], f["m_in"]
+    T = fake_TBHWC.shape[0]
+    fake_logits_TB = _augmented_d_logits(config, models, state["d_params"], fake_TBHWC, m0, k_aug,
+                                         state["ada"]["p"])
     lw = config.loss
     weights = losses.generator_loss_weights(lw)
     if models.perceptual_fn is None:
         weights["pcp"] = 0.0
-    if not sp.decoupled:      # model D: no Gaussian regularisation at all
+    if not config.spread.decoupled:      # model D: no Gaussian regularisation at all
         weights["nll"] = 0.0
     per_iter = []
     for j in range(T):        # Eq. 10: every spread iteration is supervised
@@ -173,20 +215,20 @@ def _g_loss(g_params, state, batch, key, *, config, models):
         per_iter.append(terms)
     total, terms = losses.generator_loss(per_iter, weights)
     terms.pop("g_total")
-    aux = {"fakes": jax.lax.stop_gradient(fake_NHWC), "masks": m0_N, "terms": terms,
+    aux = {"fakes": jax.lax.stop_gradient(fake_TBHWC), "terms": terms,
            "g_logits_fake": fake_logits_TB.mean(),
            "sigma_hole": (jnp.exp(0.5 * log_var_TBHWC) * (1 - m0)).sum() / jnp.maximum(
                (1 - m0).sum() * T * 3, 1.0)}
     return total, aux
 
 
-def _d_loss(d_params, state, batch, fakes, fake_masks, key, *, config, models):
+def _d_loss(d_params, state, batch, fake_TBHWC, key, *, config, models):
     k_real, k_fake = jax.random.split(key)
     p = state["ada"]["p"]
     real_img, real_mask = _augment(config, k_real, batch["image"], batch["mask"], p)
-    fake_img, fake_mask = _augment(config, k_fake, fakes, fake_masks, p)
     real_logits = _d_logits(models, d_params, real_img, real_mask, config.compute_dtype)
-    fake_logits = _d_logits(models, d_params, fake_img, fake_mask, config.compute_dtype)
+    fake_logits = _augmented_d_logits(config, models, d_params, fake_TBHWC, batch["mask"], k_fake,
+                                      p).reshape(-1)
     loss = losses.d_adv_loss(real_logits, fake_logits)
     return loss, {"d_logits_real": real_logits.mean(), "d_logits_fake": fake_logits.mean(),
                   "d_sign_real": jnp.sign(real_logits).mean()}
@@ -199,7 +241,7 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models) -> Callab
 
     def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
         key = jax.random.fold_in(base_key, state["step"])
-        k_g, k_d, k_w = jax.random.split(key, 3)
+        k_g, k_d, k_w, k_fresh = jax.random.split(key, 4)
         # ---- generator
         (g_total, g_aux), g_grads = jax.value_and_grad(_g_loss, has_aux=True)(
             state["g_params"], state, batch, k_g, config=config, models=models)
@@ -207,10 +249,14 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models) -> Callab
         g_params = optax.apply_updates(state["g_params"], g_updates)
         beta = ema_beta(config, state["step"])
         g_ema = jax.tree.map(lambda p, e: p + (e - p) * beta, g_params, state["g_ema_params"])
-        # ---- discriminator
+        # ---- discriminator, on fresh fakes of the updated G (MAT's Dmain) or on G's own
+        fakes_TBHWC = g_aux["fakes"]
+        if config.loss.d_fresh_fakes:
+            fresh = _spread_fakes(g_params, dict(state, g_params=g_params), batch, k_fresh,
+                                  config=config, models=models)
+            fakes_TBHWC = jax.lax.stop_gradient(fresh["fake"])
         (d_total, d_aux), d_grads = jax.value_and_grad(_d_loss, has_aux=True)(
-            state["d_params"], state, batch, g_aux["fakes"], g_aux["masks"], k_d,
-            config=config, models=models)
+            state["d_params"], state, batch, fakes_TBHWC, k_d, config=config, models=models)
         d_updates, d_opt = d_tx.update(d_grads, state["d_opt"], state["d_params"])
         d_params = optax.apply_updates(state["d_params"], d_updates)
         # ---- ADA: accumulate sign(D(real)) and adjust p every `interval` steps

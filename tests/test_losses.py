@@ -170,13 +170,14 @@ def test_reduce_nll_regions_and_reductions():
     mask = jnp.asarray(rng.integers(0, 2, (2, 4, 4, 1)), jnp.float32)
     hole = np.broadcast_to(1 - np.asarray(mask), nll.shape)
     n = np.asarray(nll)
-    np.testing.assert_allclose(losses.reduce_nll(nll), n.mean(), rtol=1e-6)
+    np.testing.assert_allclose(losses.reduce_nll(nll, reduction="mean"), n.mean(), rtol=1e-6)
+    np.testing.assert_allclose(losses.reduce_nll(nll), n.sum((1, 2, 3)).mean(), rtol=1e-6)  # Eq. 1
     np.testing.assert_allclose(losses.reduce_nll(nll, reduction="sum"), n.sum((1, 2, 3)).mean(), rtol=1e-6)
-    np.testing.assert_allclose(losses.reduce_nll(nll, mask, region="hole"), (n * hole).sum() / hole.sum(),
+    np.testing.assert_allclose(losses.reduce_nll(nll, mask, region="hole", reduction="mean"), (n * hole).sum() / hole.sum(),
                                rtol=1e-6)
     np.testing.assert_allclose(losses.reduce_nll(nll, mask, region="hole", reduction="sum"),
                                (n * hole).sum((1, 2, 3)).mean(), rtol=1e-6)
-    assert float(losses.reduce_nll(nll, jnp.ones_like(mask), region="hole")) == 0.0   # no holes: 0, not nan
+    assert float(losses.reduce_nll(nll, jnp.ones_like(mask), region="hole", reduction="mean")) == 0.0   # no holes: 0, not nan
     with pytest.raises(ValueError, match="nll_region"):
         losses.reduce_nll(nll, region="holes")
     with pytest.raises(ValueError, match="nll_reduction"):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psm_jax.spread import SCHEDULES, pick_lowest, pixel_spread, schedule_counts
+from psm_jax.spread import (SCHEDULES, max_pick_increment, pick_lowest, pixel_spread,
+                            preliminary_uncertainty, schedule_counts)
 
 B, H, W = 4, 16, 16
 
@@ -40,13 +41,14 @@ def batch():
 _spread_cache: dict = {}
 
 
-def run_spread(image, mask, key, num_iters, schedule="linear", alpha=0.01, apply_fn=dummy_apply_fn):
+def run_spread(image, mask, key, num_iters, schedule="linear", alpha=0.01, apply_fn=dummy_apply_fn,
+               uncertainty_map="minmax", picker="top_k"):
     """Jitted pixel_spread with trajectory, cached per static config to save compiles."""
-    cache_key = (num_iters, schedule, alpha, apply_fn)
+    cache_key = (num_iters, schedule, alpha, apply_fn, uncertainty_map, picker)
     if cache_key not in _spread_cache:
         _spread_cache[cache_key] = jax.jit(lambda i, m, k: pixel_spread(
             apply_fn, i, m, k, num_iters=num_iters, schedule=schedule, alpha=alpha,
-            return_trajectory=True))
+            return_trajectory=True, uncertainty_map=uncertainty_map, picker=picker))
     return jax.tree.map(np.asarray, _spread_cache[cache_key](image, mask, key))
 
 
@@ -104,12 +106,83 @@ def test_pick_lowest_exact_count_and_order():
     np.testing.assert_array_equal(np.sort(np.flatnonzero(added[0])), np.sort(expected))
 
 
+@pytest.mark.parametrize("picker", ["sort", "top_k"])
+def test_pick_lowest_pickers_agree_on_ties(picker):
+    rng = np.random.default_rng(5)
+    # Four distinct levels over 64 pixels: almost every comparison is a tie.
+    score = rng.integers(0, 4, size=(3, 8, 8, 1)).astype(np.float32)
+    score[0, 0, :4, 0] = [np.nan, np.inf, -np.inf, -0.0]
+    m = (rng.uniform(size=(3, 8, 8, 1)) > 0.6).astype(np.float32)
+    k = np.array([9, 0, int((m[2] < 0.5).sum())], np.int32)
+    got = np.asarray(jax.jit(lambda s, m, k: pick_lowest(s, m, k, picker=picker, k_max=64))(score, m, k))
+    for b in range(3):
+        s_b = np.where(m[b, ..., 0] < 0.5, np.nan_to_num(score[b, ..., 0], nan=np.inf, posinf=3e38,
+                                                          neginf=-3e38) + 0.0, np.inf).ravel()
+        s_b = np.where(np.isnan(score[b, ..., 0].ravel()) & (m[b, ..., 0].ravel() < 0.5), 3.4e38, s_b)
+        want = np.zeros(64, bool)
+        want[np.argsort(s_b, kind="stable")[:k[b]]] = True
+        np.testing.assert_array_equal(got[b, ..., 0].ravel() > 0.5, want | (m[b, ..., 0].ravel() > 0.5))
+
+
+def test_preliminary_uncertainty_minmax_scales_the_hole_to_unit_range():
+    rng = np.random.default_rng(0)
+    sigma = jnp.asarray(rng.uniform(0.1, 2.0, (2, 6, 6, 3)), jnp.float32)
+    hole = jnp.asarray(rng.uniform(size=(2, 6, 6, 1)) > 0.5)
+    hole = hole.at[1].set(False).at[1, 0, 0].set(True)          # one hole pixel: flat -> 0
+    u, score = preliminary_uncertainty(sigma, hole, kind="minmax")
+    u, score, hole = np.asarray(u), np.asarray(score), np.asarray(hole)
+    np.testing.assert_allclose(score[..., 0], np.square(np.asarray(sigma)).mean(-1), rtol=1e-6)
+    assert u[0][hole[0]].min() == 0.0 and u[0][hole[0]].max() == pytest.approx(1.0)
+    assert u[1, 0, 0, 0] == 0.0
+    assert ((u >= 0) & (u <= 1)).all()
+    with pytest.raises(ValueError, match="uncertainty_map"):
+        preliminary_uncertainty(sigma, hole, kind="softmax")
+
+
+def _tied_apply_fn(x, m0, m, u, t_frac, key):
+    """log_var on a coarse grid of 3 levels: the pick is decided by tie-breaking most of the time."""
+    mean = jnp.tanh(x + 0.1 * jax.random.normal(key, x.shape))
+    level = jnp.floor(3.0 * jax.random.uniform(jax.random.fold_in(key, 1), x.shape[:3] + (1,)))
+    return mean, jnp.broadcast_to(level - 2.0 - u, x.shape)
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_top_k_picker_equals_sort_picker(batch, schedule):
+    """Bit-identical spreads with both pickers, for every schedule and T = 1..8, with ties."""
+    image, mask = batch
+    for num_iters in range(1, 9):
+        outs = {}
+        for picker in ("sort", "top_k"):
+            fn = jax.jit(lambda i, m, k, p=picker: pixel_spread(
+                _tied_apply_fn, i, m, k, num_iters=num_iters, schedule=schedule, picker=p,
+                return_trajectory=True, unroll=True))
+            outs[picker] = jax.tree.map(np.asarray, fn(image, mask, jax.random.key(num_iters)))
+        jax.tree.map(np.testing.assert_array_equal, outs["sort"], outs["top_k"])
+        # k_max really bounds every iteration's increment (the largest image is all hole).
+        counts = np.asarray(schedule_counts(np.array([H * W]), num_iters, schedule))[0]
+        assert np.diff(np.concatenate([[0], counts])).max() <= max_pick_increment(H * W, num_iters, schedule)
+
+
 # ---------------------------------------------------------------- pixel_spread
 
+def _expected_u(std_BHW3, hole_BHW, kind):
+    """u~ of the module docstring, recomputed in numpy float64."""
+    if kind == "exp":
+        return 1 - np.exp(-std_BHW3.astype(np.float64).mean(-1))
+    v = np.square(std_BHW3.astype(np.float64)).mean(-1)
+    out = np.zeros_like(v)
+    for b in range(v.shape[0]):
+        if hole_BHW[b].any():
+            lo, hi = v[b][hole_BHW[b]].min(), v[b][hole_BHW[b]].max()
+            out[b] = (v[b] - lo) / (hi - lo) if hi > lo else 0.0
+    return out
+
+
+@pytest.mark.parametrize("uncertainty_map", ["minmax", "exp"])
 @pytest.mark.parametrize("num_iters", [1, 2, 4, 8])
-def test_trajectory_invariants(batch, num_iters):
+def test_trajectory_invariants(batch, num_iters, uncertainty_map):
     image, mask = batch
-    out = run_spread(image, mask, jax.random.key(0), num_iters)
+    out = run_spread(image, mask, jax.random.key(0), num_iters, uncertainty_map=uncertainty_map)
     traj = out["trajectory"]
     for name, ch in [("mean", 3), ("std", 3), ("log_var", 3), ("x", 3), ("mask", 1), ("uncertainty", 1)]:
         assert traj[name].shape == (num_iters, B, H, W, ch), name
@@ -133,7 +206,8 @@ def test_trajectory_invariants(batch, num_iters):
         assert (u_t[missing] == 1).all()
         gen = (m_t[..., 0] > 0.5) & ~known0
         assert ((u_t[gen] >= 0) & (u_t[gen] <= 1)).all()
-        np.testing.assert_allclose(u_t[gen][:, 0], 1 - np.exp(-traj["std"][t][gen].mean(-1)), rtol=1e-5)
+        u_want = _expected_u(traj["std"][t], ~known0, uncertainty_map)
+        np.testing.assert_allclose(u_t[gen][:, 0], u_want[gen], rtol=1e-4, atol=1e-6)
         # Still-missing pixels stay zero in x_t (x_0 is zero there).
         assert (x_t[missing] == 0).all()
     # After T iterations every pixel is known, and the output is x_0 + (1 - m_0) mean_T.
@@ -143,12 +217,15 @@ def test_trajectory_invariants(batch, num_iters):
     np.testing.assert_array_equal(traj["x"][-1], out["image"])
 
 
-def test_picks_lowest_uncertainty(batch):
+@pytest.mark.parametrize("uncertainty_map", ["minmax", "exp"])
+def test_picks_lowest_uncertainty(batch, uncertainty_map):
     image, mask = batch
-    traj = run_spread(image, mask, jax.random.key(3), 4)["trajectory"]
+    traj = run_spread(image, mask, jax.random.key(3), 4, uncertainty_map=uncertainty_map)["trajectory"]
     m0 = np.asarray(mask)[..., 0]
     for bi in (1, 2, 3):
-        sbar = traj["std"][0][bi].mean(-1)
+        std = traj["std"][0][bi]
+        # The pick ranks the map's own score: mean sigma^2 (minmax) or mean sigma (exp).
+        sbar = np.square(std).mean(-1) if uncertainty_map == "minmax" else std.mean(-1)
         added = (traj["mask"][0][bi, ..., 0] > 0.5) & (m0[bi] < 0.5)
         remaining = (traj["mask"][0][bi, ..., 0] < 0.5)
         assert added.any() and remaining.any()

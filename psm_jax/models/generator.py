@@ -161,8 +161,13 @@ class Generator(nn.Module):
     @nn.compact
     def __call__(self, x: Array, m0: Array, m: Array, u: Array, t_frac: Array | float, *,
                  z: Array | None = None, noise_mode: NoiseMode = "random",
-                 train: bool = False) -> tuple[Array, Array]:
-        """x [B,H,W,3], m0/m/u [B,H,W,1], t_frac scalar or [B] -> (mean, log_var), both [B,H,W,3]."""
+                 train: bool = False, style_mixing_prob: float = 0.0) -> tuple[Array, Array]:
+        """x [B,H,W,3], m0/m/u [B,H,W,1], t_frac scalar or [B] -> (mean, log_var), both [B,H,W,3].
+
+        ``style_mixing_prob`` (training only, MAT's run_G): with this probability per call, the ws
+        rows from a random cutoff in [1, num_ws) on come from a second latent (one coin and one
+        cutoff for the whole batch; the second mapping pass never updates w_avg).
+        """
         b, h, w, _ = x.shape
         self._check(h, w)
         dtype = x.dtype
@@ -190,8 +195,16 @@ class Generator(nn.Module):
             z = (jax.random.normal(self.make_rng("latent"), (b, self.z_dim), dtype)
                  if self.use_latent else jnp.zeros((b, self.z_dim), dtype))
         num_ws = 2 * NUM_DOWN + 2
-        ws_BNW = MappingNetwork(self.z_dim, self.w_dim, num_ws, num_layers=self.mapping_layers,
-                                name="mapping")(z, update_w_avg=train).astype(dtype)
+        mapping = MappingNetwork(self.z_dim, self.w_dim, num_ws, num_layers=self.mapping_layers,
+                                 name="mapping")
+        ws_BNW = mapping(z, update_w_avg=train).astype(dtype)
+        if style_mixing_prob > 0 and self.use_latent:
+            k_z2, k_cut, k_coin = jax.random.split(self.make_rng("latent"), 3)
+            z2 = jax.random.normal(k_z2, z.shape, z.dtype)
+            ws2_BNW = mapping(z2, update_w_avg=False).astype(dtype)
+            cutoff = jax.random.randint(k_cut, (), 1, num_ws)
+            cutoff = jnp.where(jax.random.uniform(k_coin) < style_mixing_prob, cutoff, num_ws)
+            ws_BNW = jnp.where((jnp.arange(num_ws) >= cutoff)[None, :, None], ws2_BNW, ws_BNW)
 
         # ---- decoder: H/32 -> H, StyleGAN2 blocks with ToRGB skips (6 channels).
         dec = dict(img_channels=OUT_CHANNELS, use_noise=self.use_noise, first_res=first_res)
@@ -210,14 +223,17 @@ class Generator(nn.Module):
         return mean_BHW3, log_var_BHW3
 
 
-def make_apply_fn(generator: Generator, variables: Any, *, noise_mode: NoiseMode = "random") -> Callable:
+def make_apply_fn(generator: Generator, variables: Any, *, noise_mode: NoiseMode = "random",
+                  style_mixing_prob: float = 0.0) -> Callable:
     """The ``apply_fn(x, m0, m, u, t_frac, key) -> (mean, log_var)`` that ``pixel_spread`` expects.
 
     ``key`` is split into the "latent" (z) and "noise" (StyleConv noise) streams.
+    ``style_mixing_prob`` > 0 only in training (``loss.style_mixing_prob``).
     """
     def apply_fn(x, m0, m, u, t_frac, key):
         k_latent, k_noise = jax.random.split(key)
         return generator.apply(variables, x, m0, m, u, t_frac, noise_mode=noise_mode,
+                               style_mixing_prob=style_mixing_prob,
                                rngs={"latent": k_latent, "noise": k_noise})
     return apply_fn
 
