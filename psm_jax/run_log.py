@@ -67,14 +67,14 @@ class RunLog:
             self._bar.update(step - self._bar.n)
             postfix = {"img/s": f"{img_s:.1f}", "g": f"{values.get('g_loss', 0):.3f}",
                        "d": f"{values.get('d_loss', 0):.3f}"}
-            if "l1" in values:
-                postfix["l1"] = f"{values['l1']:.3f}"
+            if "g_l1" in values:
+                postfix["l1"] = f"{values['g_l1']:.3f}"
             self._bar.set_postfix(postfix, refresh=False)
         elif step % self.log_every == 0 or step == self.total_steps:
             rate = (step - self._s0) / max(elapsed, 1e-9)
             eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
             loss = f"g_loss={values.get('g_loss', float('nan')):.4g}" + (
-                f" l1={values['l1']:.4g}" if "l1" in values else "")
+                f" hole_l1={values['g_l1']:.4g}" if "g_l1" in values else "")
             print(f"step {step}/{self.total_steps} {img_s:.1f} img/s ETA {_hms(eta)} {loss}", flush=True)
             shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
             print(f"  {shown}", flush=True)
