@@ -3,7 +3,7 @@
 Training (``make_train_iterator``), per JAX process::
 
     source -> tag record index -> shuffle(seed) -> repeat (reshuffled per epoch) -> decode
-    -> random map (flip, crop, mask) -> this process's rows of each global batch
+    -> random map (flip, crop, mask; digits: shift, mask) -> this process's rows of each global batch
     -> to_iter_dataset -> [mp_prefetch] -> drop + count corrupt records -> batch -> thread prefetch
 
 Design points:
