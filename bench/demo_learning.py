@@ -3,7 +3,7 @@
 The demo's acceptance asks a model trained for ~10 CPU minutes to beat OpenCV Telea on hole L1.
 This script measures the learning speed that bounds it, without the GAN, the spread or EMA: it
 trains one network with an L1 loss on the hole (optionally plus the hole NLL) on the demo's data
-and masks (configs/demo.py), then scores the same 64 held-out images as `make demo`
+and masks (configs/demo.py:synthetic, the earlier synthetic demo), then scores the same 64 held-out images as `make demo`
 (psm_jax.demo's scorer) against Telea and mean fill.
 
   --model unet        a plain 16-128-channel conv U-Net (nearest-neighbour upsampling, additive
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
             or (args.nll_weight and args.model == "unet")):
         common.fail("bench/demo_learning.py", "expected --steps >= 2, --batch >= 1, --lr > 0, --eval-images >= 0, "
                                               "and --nll-weight only with --model generator")
-    config = load_config("configs/demo.py", {"data.synthetic_kind": args.kind})
+    config = load_config("configs/demo.py:synthetic", {"data.synthetic_kind": args.kind})
     init, apply = make_model(args.model, config)
     variables = init(jax.random.key(args.seed))
     params = variables["params"]

@@ -1,10 +1,18 @@
-"""The demo pipeline at 1/20 of its length (psm_jax/demo.py): it trains, evaluates and reports.
+"""The demo (psm_jax/demo.py): smoke run, report keys, reproducibility, and the measured result.
 
-Only the report's existence and keys are asserted here; whether PSM beats the classical
-baselines is a property of the full-length demo (README, docs), not of a 1/20 smoke run.
+* ``test_demo_smoke_writes_full_report`` runs the real demo config at 1/20 of its length and
+  checks that the report holds every key (CI). Whether PSM beats the baselines is a property
+  of the full-length run, checked on its committed report below, not of a 1/20 smoke run.
+* ``test_report_is_bit_identical_across_runs`` runs the tiny config twice from scratch.
+* ``test_committed_full_run_*`` read ``docs/demo_report.json`` (the report of
+  the full-length `make demo` whose numbers README shows): PSM at T = 4 beats Telea and mean
+  fill on hole L1 over the 297 held-out digits and is no worse than T = 1, and README's table
+  holds exactly those numbers. If a change to the demo moves the numbers, rerun `make demo`,
+  copy ``runs/demo/report.json`` to ``docs/demo_report.json`` and update README's table.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,29 +22,94 @@ import pytest
 from psm_jax.config_lib import load_config
 
 REPO = Path(__file__).resolve().parents[1]
+METHODS = {"psm_t1", "psm_t2", "psm_t4", "telea", "mean_fill"}
+REPORT_FILES = ("report.json", "report.html", "report_methods.png", "report_spread.png",
+                "report_learning_curve.png")
+
+
+def _demo(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "psm_jax.demo", "--workdir", str(workdir), *args]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+
+
+def _check_report_keys(report: dict, num_images: int, iters: int) -> None:
+    assert report["num_images"] == num_images
+    assert set(report["methods"]) == METHODS
+    for scores in report["methods"].values():
+        assert set(scores) >= {"l1", "psnr"}
+    rho = report["spearman_sigma_abs_error"]
+    assert set(rho) == {f"t{i}" for i in range(1, iters + 1)}
+    for v in rho.values():
+        assert set(v) >= {"hole", "open", "mean_sigma_hole", "mean_abs_err_hole"}
+    curve = report["learning_curve"]
+    assert curve and curve[-1]["step"] == report["step"]
+    for point in curve:
+        assert set(point) >= {"step", "images", "psm_t1", f"psm_t{iters}"}
+    # The last curve point is the reported model.
+    assert curve[-1]["psm_t1"] == pytest.approx(report["methods"]["psm_t1"]["l1"])
+    assert report["data"]["source"] == "digits"
 
 
 @pytest.mark.slow
 def test_demo_smoke_writes_full_report(tmp_path):
     config = load_config(str(REPO / "configs" / "demo.py"))
     steps = max(1, config.total_steps // 20)
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "psm_jax.demo", "--workdir", str(tmp_path / "demo"),
-           "--steps", str(steps), "--eval-images", "16"]
-    r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    r = _demo(tmp_path / "demo", "--steps", str(steps), "--eval-images", "16")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert report["num_images"] == 16
-    assert set(report["methods"]) == {"psm_t1", "psm_t2", "psm_t4", "telea", "mean_fill"}
-    for scores in report["methods"].values():
-        assert set(scores) >= {"l1", "psnr"}
+    _check_report_keys(report, 16, config.spread.test_iters)
+    for name in REPORT_FILES:
+        assert (tmp_path / "demo" / name).stat().st_size > 0, name
     html = (tmp_path / "demo" / "report.html").read_text()
-    assert "report_spread.png" in html and (tmp_path / "demo" / "report_spread.png").exists()
+    assert "report_spread.png" in html and "report_learning_curve.png" in html
     assert "Report:" in r.stdout
     # A second run reuses the finished run instead of training again.
-    r2 = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    r2 = _demo(tmp_path / "demo", "--steps", str(steps), "--eval-images", "16")
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "Reusing the finished run" in r2.stdout
+
+
+@pytest.mark.slow
+def test_report_is_bit_identical_across_runs(tmp_path):
+    args = ("--config", str(REPO / "configs" / "demo.py") + ":tiny", "--eval-images", "16")
+    for name in ("a", "b"):
+        r = _demo(tmp_path / name, *args)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _check_report_keys(json.loads((tmp_path / "a" / "report.json").read_text()), 16, 4)
+    for name in REPORT_FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def _committed_report() -> dict:
+    report = json.loads((REPO / "docs" / "demo_report.json").read_text())
+    config = load_config(str(REPO / "configs" / "demo.py"))
+    _check_report_keys(report, 297, config.spread.test_iters)
+    assert report["step"] == config.total_steps
+    return report
+
+
+def test_committed_full_run_beats_baselines():
+    l1 = {m: v["l1"] for m, v in _committed_report()["methods"].items()}
+    assert l1["psm_t4"] < l1["telea"], l1
+    assert l1["psm_t4"] < l1["mean_fill"], l1
+
+
+@pytest.mark.xfail(strict=True, reason="measured: T = 4 is worse than T = 1 (README, Demo); remove the "
+                   "mark when a run of configs/demo.py meets it")
+def test_committed_full_run_t4_no_worse_than_t1():
+    l1 = {m: v["l1"] for m, v in _committed_report()["methods"].items()}
+    assert l1["psm_t4"] <= l1["psm_t1"], l1
+
+
+def test_readme_shows_committed_report():
+    report = _committed_report()
+    # README's demo table shows these numbers (two decimals).
+    readme = (REPO / "README.md").read_text()
+    for m, v in report["methods"].items():
+        row = re.search(rf"^\| {m}\b[^|]*\| \**([0-9.]+)\** \| \**([0-9.]+)\** \|", readme, re.M)
+        assert row, f"README has no demo table row for {m}"
+        assert row.group(1) == f"{v['l1']:.2f}" and row.group(2) == f"{v['psnr']:.2f}", m
 
 
 def test_demo_bad_config_is_one_line_error(tmp_path):
@@ -45,3 +118,11 @@ def test_demo_bad_config_is_one_line_error(tmp_path):
                        timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "missing.py" in r.stderr
+
+
+def test_demo_bad_override_is_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "psm_jax.demo", "--workdir", str(tmp_path),
+                        "--set", "spread.no_such_field=1"], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "no_such_field" in r.stderr

@@ -3,7 +3,7 @@
 Training (``make_train_iterator``), per JAX process::
 
     source -> tag record index -> shuffle(seed) -> repeat (reshuffled per epoch) -> decode
-    -> random map (flip, crop, mask) -> this process's rows of each global batch
+    -> random map (flip, crop, mask; digits: shift, mask) -> this process's rows of each global batch
     -> to_iter_dataset -> [mp_prefetch] -> drop + count corrupt records -> batch -> thread prefetch
 
 Design points:
@@ -47,7 +47,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from psm_jax.data import sources, synthetic, transforms
+from psm_jax.data import digits, sources, synthetic, transforms
 from psm_jax.data.synthetic import SyntheticSource
 from psm_jax.data.transforms import CORRUPT, MaskFn
 
@@ -62,8 +62,9 @@ _SYNTHETIC_EVAL_SEED_OFFSET = 1_000_003
 def default_data_config() -> ml_collections.ConfigDict:
     """``config.data``: every field the pipeline reads, with its default."""
     return ml_collections.ConfigDict(dict(
-        # Where training images come from: "synthetic" (procedural, synthetic.py), "folder"
-        # (recursive jpg/png/webp/bmp under `path`) or "tfds" (tfds.data_source, ArrayRecord).
+        # Where training images come from: "synthetic" (procedural, synthetic.py), "digits"
+        # (scikit-learn's bundled handwritten digits, digits.py), "folder" (recursive
+        # jpg/png/webp/bmp under `path`) or "tfds" (tfds.data_source, ArrayRecord).
         source="synthetic",
         path="",                        # folder source: root folder of the training images
         tfds_name="",                   # tfds source: dataset name, e.g. "places365_small" or a build_tfds name
@@ -72,6 +73,11 @@ def default_data_config() -> ml_collections.ConfigDict:
         tfds_image_key="image",         # tfds source: name of the image feature
         synthetic_size=10_000,          # synthetic source: number of training records
         synthetic_kind="layered",       # synthetic source: "layered" or "tiles" (synthetic.py)
+        # digits source: half-open index ranges into load_digits() (1,797 digits), and the
+        # training shift (px at `resolution`) that replaces the flip + crop (digits.py).
+        digits_train=(0, 1500),
+        digits_eval=(1500, 1797),
+        digits_shift=2,
         resolution=512,                 # crop size R (paper: 512; 256 for the 256 models)
         resize_short=0,                 # >0: resize the shorter side to this before cropping (0 = never)
         mask_kind="large",              # training mask preset: "large" or "small" (MAT's generators)
@@ -209,6 +215,9 @@ def make_source(cfg: ml_collections.ConfigDict, *, train: bool = True):
             return SyntheticSource(cfg.synthetic_size, cfg.resolution, seed=cfg.seed, kind=cfg.synthetic_kind)
         return SyntheticSource(cfg.eval_synthetic_size, cfg.resolution, seed=cfg.seed + _SYNTHETIC_EVAL_SEED_OFFSET,
                                kind=cfg.synthetic_kind)
+    if cfg.source == "digits":
+        first, stop = cfg.digits_train if train else cfg.digits_eval
+        return digits.DigitsSource(first, stop, cfg.resolution)
     if cfg.source == "folder":
         path = cfg.path if train else cfg.eval_path
         if not path:
@@ -219,7 +228,7 @@ def make_source(cfg: ml_collections.ConfigDict, *, train: bool = True):
             raise ValueError("config.data.tfds_name is empty; the tfds source needs a dataset name")
         return sources.TfdsSource(cfg.tfds_name, cfg.tfds_split if train else cfg.eval_split,
                                   cfg.tfds_data_dir or None, cfg.tfds_image_key)
-    raise ValueError(f"config.data.source={cfg.source!r}: expected 'synthetic', 'folder' or 'tfds'")
+    raise ValueError(f"config.data.source={cfg.source!r}: expected 'synthetic', 'digits', 'folder' or 'tfds'")
 
 
 def _check_config(cfg: ml_collections.ConfigDict) -> None:
@@ -232,6 +241,16 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
     if cfg.source == "synthetic" and cfg.synthetic_kind not in synthetic.KINDS:
         raise ValueError(f"config.data.synthetic_kind={cfg.synthetic_kind!r}: expected one of "
                          f"{', '.join(map(repr, synthetic.KINDS))}")
+    if cfg.source == "digits":
+        (a0, a1), (b0, b1) = (tuple(int(v) for v in r) for r in (cfg.digits_train, cfg.digits_eval))
+        for name, (lo, hi) in (("digits_train", (a0, a1)), ("digits_eval", (b0, b1))):
+            if not 0 <= lo < hi <= digits.NUM_DIGITS:
+                raise ValueError(f"config.data.{name}=({lo}, {hi}): expected 0 <= first < stop <= {digits.NUM_DIGITS}")
+        if a0 < b1 and b0 < a1:
+            raise ValueError(f"config.data.digits_train=({a0}, {a1}) and digits_eval=({b0}, {b1}) overlap; "
+                             "held-out digits must not be trained on")
+        if not 0 <= cfg.digits_shift < cfg.resolution // 2:
+            raise ValueError(f"config.data.digits_shift={cfg.digits_shift}: expected 0 <= shift < resolution / 2")
     if cfg.source == "synthetic" and cfg.synthetic_kind == "tiles" and cfg.resolution % 16:
         raise ValueError(f"config.data.resolution={cfg.resolution}: synthetic_kind 'tiles' needs a multiple of 16")
 
@@ -307,8 +326,11 @@ def make_train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int
     ds = ds.repeat(None)  # infinite; ShuffleMapDataset permutes each epoch with its own seed
     ds = ds.map(transforms.Decode(cfg.resize_short))
     # The augmentation seed depends on the global position only, never on the process layout.
-    ds = ds.random_map(transforms.TrainAugment(cfg.resolution, mask_fn, cfg.mask_kind),
-                       seed=_derive_seed(seed, cfg.seed, "augment"))
+    if cfg.source == "digits":   # no flip: a mirrored digit is not a digit (digits.py)
+        augment = digits.DigitsAugment(cfg.resolution, mask_fn, cfg.mask_kind, cfg.digits_shift)
+    else:
+        augment = transforms.TrainAugment(cfg.resolution, mask_fn, cfg.mask_kind)
+    ds = ds.random_map(augment, seed=_derive_seed(seed, cfg.seed, "augment"))
     local_batch = global_batch_size // process_count
     ds = _ProcessRows(ds, global_batch_size, process_index * local_batch, local_batch)
     ds = ds.to_iter_dataset(_read_options(cfg))
