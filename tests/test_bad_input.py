@@ -61,8 +61,6 @@ CASES = {
     # ---- inference, export, demo
     "inpaint_missing_checkpoint": (["-m", "psm_jax.inpaint", "--workdir", "{tmp}/none", "--image", "{corrupt}",
                                     "--mask", "{corrupt}", "--out", "{tmp}/o"], "none", "{tmp}/o"),
-    "inpaint_missing_image": (["-m", "psm_jax.inpaint", "--workdir", "{empty}", "--image", "{tmp}/x.png",
-                               "--mask", "{tmp}/m.png", "--out", "{tmp}/o"], "x.png", "{tmp}/o"),
     "inpaint_bad_strategy": (["-m", "psm_jax.inpaint", "--workdir", "{empty}", "--image", "{corrupt}",
                               "--mask", "{corrupt}", "--out", "{tmp}/o", "--strategy", "tile"], "strategy",
                              "{tmp}/o"),
