@@ -14,6 +14,25 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Compile once, test many times. On 2 CPU cores the suite is dominated by XLA compiling the tiny
+# train step (~80 s each), and many tests, and the subprocesses they start, compile the very same
+# program. These settings reach the subprocesses through the environment; each can be overridden
+# from outside. They change how fast programs compile, never what they compute or what a test
+# asserts:
+# * the persistent compilation cache, shared by the xdist workers: a second identical program is a
+#   cache read (a partly written entry fails its checksum and is recompiled, never misread);
+# * --xla_backend_optimization_level=0: LLVM without its optimisation passes halves the compile
+#   time of the tiny programs, whose run time (convolutions are library calls) does not change.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".cache" / "jax-tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+TEST_XLA_FLAGS = os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+
+def xla_flags(devices: int) -> str:
+    """``XLA_FLAGS`` for a subprocess with ``devices`` CPU devices (keeps the suite's flags)."""
+    return f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}".strip()
+
 
 def shared_dir() -> Path:
     return Path(os.environ.get("PSM_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()

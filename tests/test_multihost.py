@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from psm_jax import checkpoint as ckpt
 from test_train import _flatten as _flat
 
@@ -26,7 +27,7 @@ STEPS = ("--config.batch_size=8", "--config.optim.eps=1e-3", "--config.progress_
 
 def _env(devices: int) -> dict[str, str]:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=xla_flags(devices))
     return env
 
 

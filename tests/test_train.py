@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from psm_jax import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ TINY = f"{REPO / 'configs' / 'demo.py'}:tiny"
 def _env(devices: int = 1, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     env.update(extra)
     return env
 
@@ -255,9 +256,13 @@ def test_frozen_spread_supervises_the_output_image():
     key = jax.random.key(3)
     variables = {"params": state["g_params"], **state["g_buffers"]}
 
+    # _g_loss's key chain: key -> (spread part, D augment); spread part -> (spread, model D sample).
+    k_spread = jax.random.split(jax.random.split(key)[0])[0]
     spreads = {r: jax.jit(lambda i, m, r=r: pixel_spread(
-        ts.generator_apply_fn(models, variables), i, m, jax.random.split(key, 3)[0],
-        num_iters=2, alpha=cfg.spread.alpha, return_trajectory=True, resample_committed=r))
+        ts.generator_apply_fn(models, variables), i, m, k_spread,
+        num_iters=2, alpha=cfg.spread.alpha, schedule=cfg.spread.schedule,
+        uncertainty_map=cfg.spread.uncertainty_map, picker=cfg.spread.picker,
+        return_trajectory=True, resample_committed=r))
         for r in (False, True)}
 
     def spread(image, resample):
