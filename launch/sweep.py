@@ -46,7 +46,18 @@ def load_sweep(spec: str) -> tuple[str, str, list[dict[str, Any]]]:
         raise ValueError(f"config file {path!r} does not import: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"config file {path!r} defines no get_sweep()")
-    return path, name, module.get_sweep(name)
+    runs = module.get_sweep(name)
+    seen = set()
+    for run in runs:
+        # A run's workdir is ROOT/SWEEP/NAME: a name must not climb out of it or clash.
+        run_name = str(run.get("name", ""))
+        if not run_name or run_name in (".", "..") or "/" in run_name or "\\" in run_name:
+            raise ValueError(f"{spec}: run name {run_name!r} is not a plain directory name "
+                             "(no '/', not '.' or '..', not empty)")
+        if run_name in seen:
+            raise ValueError(f"{spec}: two runs are named {run_name!r}; their workdirs would clash")
+        seen.add(run_name)
+    return path, name, runs
 
 
 def _override_flags(overrides: dict[str, Any]) -> list[str]:

@@ -15,7 +15,8 @@ two runs can be compared bit for bit whatever their device count.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
+import errno
 import hashlib
 import importlib.metadata
 import os
@@ -67,14 +68,63 @@ def run_metadata(config_json: str) -> dict[str, Any]:
             "python": sys.version.split()[0]}
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a lost mount); older steps are intact."""
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
          meta: dict[str, Any], *, force: bool = False) -> bool:
+    """Starts an (async) save of ``step``; a failure, now or of the previous async save, is a
+    :class:`CheckpointWriteError` naming the directory and the newest step that is intact."""
     import grain
 
     args = {"state": ocp.args.PyTreeSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
         args["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    return mngr.save(step, args=ocp.args.Composite(**args), force=force)
+    with _write_errors(mngr, step):
+        if os.environ.get("PSM_FAULT_DISK_FULL_AT") == str(step):
+            # Fault injection for tests/test_faults.py: the write fails as on a full disk.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(mngr.directory) / str(step)))
+        return mngr.save(step, args=ocp.args.Composite(**args), force=force)
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+    """Waits for the async save in flight; its failure is a :class:`CheckpointWriteError`."""
+    with _write_errors(mngr, None):
+        mngr.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _write_errors(mngr: ocp.CheckpointManager, step: int | None):
+    try:
+        yield
+    except CheckpointWriteError:
+        raise
+    except Exception as e:  # noqa: BLE001 - orbax, tensorstore and the OS raise many kinds
+        try:
+            intact = f"the newest complete checkpoint is step {latest_complete_step(mngr.directory)}"
+        except Exception:  # noqa: BLE001
+            intact = "older checkpoints were not touched"
+        what = f"step {step}" if step is not None else "the checkpoint in flight"
+        raise CheckpointWriteError(
+            f"could not write {what} to {mngr.directory} ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]}); {intact}") from e
+
+
+def latest_complete_step(checkpoint_dir: str | Path) -> int | None:
+    """The newest finished step directory (a number, no ``.orbax-checkpoint-tmp`` suffix)."""
+    steps = [int(p.name) for p in Path(checkpoint_dir).iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(steps, default=None)
+
+
+def data_state_matches(mngr: ocp.CheckpointManager, step: int) -> bool:
+    """Whether ``step`` holds the grain state of this process for this process count.
+
+    grain saves one ``data/process_<i>-of-<n>.json`` per process; a run resumed on another
+    process count has none to read and restarts its iterator from the step instead.
+    """
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    return (Path(mngr.directory) / str(step) / "data" / name).exists()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,

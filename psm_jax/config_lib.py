@@ -185,6 +185,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.spread.alpha >= 0, "spread.alpha", ">= 0")
     need(c.compute_dtype in ("float32", "bfloat16"), "compute_dtype", "'float32' or 'bfloat16'")
     need(c.eval.every >= 0, "eval.every", ">= 0 (0 = off)")
+    if "max_consecutive_corrupt" in c.data:
+        need(c.data.max_consecutive_corrupt >= 0, "data.max_consecutive_corrupt", ">= 0 (0 = two epochs)")
 
 
 def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:

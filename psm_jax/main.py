@@ -37,6 +37,10 @@ def main(argv):
     except train.TrainingDiverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         sys.exit(1)
+    except train.ckpt.CheckpointWriteError as e:
+        # A full disk or a lost mount: say so on one line; the older checkpoints are intact.
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)
     except (ValueError, FileNotFoundError, NotADirectoryError, train.workdir_lock.WorkdirLocked) as e:
         # Bad config values and missing files: one line, exit 2 (PSM_DEBUG=1 shows the traceback).
         if os.environ.get("PSM_DEBUG"):

@@ -118,9 +118,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         replicated = shd.replicated(mesh)
 
         # ------------------------------------------------------------------ data
-        data_iter = pipeline.make_train_iterator(
-            config.data, global_batch_size=config.batch_size, seed=config.seed,
-            process_index=jax.process_index(), process_count=jax.process_count())
+        def _data_iter(start_batch=0):
+            return pipeline.make_train_iterator(
+                config.data, global_batch_size=config.batch_size, seed=config.seed,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                start_batch=start_batch)
+        data_iter = _data_iter()
 
         # ------------------------------------------------------------------ models and state
         models = build_models(config)
@@ -135,10 +138,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                   abstract, state_sh)
             # The newest checkpoint may be damaged (a disk fault, a truncated copy): resume from the
             # newest one that reads back, saying which were skipped; never silently from scratch.
-            state, bad = None, []
+            state, bad, same_layout = None, [], True
             for step_ in sorted(mngr.all_steps(), reverse=True):
                 try:
-                    state, _ = ckpt.restore(mngr, step_, target, data_iter)
+                    same_layout = ckpt.data_state_matches(mngr, step_)
+                    state, _ = ckpt.restore(mngr, step_, target, data_iter if same_layout else None)
                 except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
                     print(f"warning: checkpoint step {step_} in {mngr.directory} is unreadable "
                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); trying an older one",
@@ -161,6 +165,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 if jax.process_count() > 1:
                     multihost_utils.sync_global_devices("psm_jax: unreadable checkpoints moved")
                 mngr.reload()
+            if not same_layout:
+                # Saved by another process count: grain's per-process positions do not apply. The
+                # global order does not depend on the layout, so start at global batch `latest`
+                # (one batch per step); exact unless a process had skipped corrupt records.
+                if hasattr(data_iter, "close"):
+                    data_iter.close()
+                data_iter = _data_iter(start_batch=latest)
+                print(f"warning: step {latest} was saved with another process count; the input "
+                      f"order continues at global batch {latest}", flush=True)
             print(f"resumed from {mngr.directory} at step {latest}", flush=True)
         else:
             state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.seed))
@@ -256,21 +269,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     last = _flush(pending)       # never checkpoint a diverged state
                     pending = None
                     ckpt.save(mngr, done, state, data_iter, meta)
+                    # Fault injection for the resume tests: die like a preempted VM would, with
+                    # the save committed, or while its async write is in flight.
                     if os.environ.get("PSM_FAULT_KILL_AFTER_CKPT") == str(done):
-                        # Fault injection for the resume tests: die like a preempted VM would.
-                        mngr.wait_until_finished()
+                        ckpt.wait(mngr)
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    if os.environ.get("PSM_FAULT_KILL_DURING_CKPT") == str(done):
                         os.kill(os.getpid(), signal.SIGKILL)
                 if evaluator is not None and train_eval.is_eval_step(config, done) and not stop:
                     _evaluate(done)
                 if stop:
-                    mngr.wait_until_finished()
+                    ckpt.wait(mngr)
                     print(f"SIGTERM: saved checkpoint at step {done} in {mngr.directory}; exiting.",
                           flush=True)
                     break
             if pending is not None:
                 last = _flush(pending)
         finally:
-            mngr.wait_until_finished()
+            try:
+                ckpt.wait(mngr)
+            except ckpt.CheckpointWriteError as e:
+                # A write that failed in the background; do not mask an error already in flight.
+                if sys.exc_info()[0] is None:
+                    raise
+                print(f"warning: {e}", flush=True)
             if hasattr(data_iter, "close"):   # grain workers leak shared memory otherwise
                 data_iter.close()
             run_log.close()

@@ -3,7 +3,8 @@ flag, field or file and what was expected, and nothing written to the output loc
 
 Each case is ``(command args, text the one line must contain, output path that must not appear)``.
 ``{tmp}`` is a fresh directory, ``{empty}`` an empty one, ``{corrupt}`` a folder holding only
-corrupt images, ``{file}`` an ordinary file, ``{badconfig}`` a config file that raises on import.
+corrupt images, ``{file}`` an ordinary file, ``{badconfig}`` a config file that raises on import, ``{sweeps}`` a
+config file whose sweeps name their runs badly.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ CASES = {
                               "schedule", "{tmp}/w/checkpoints"),
     "main_unknown_picker": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w", "--config.spread.picker=heap"],
                             "picker", "{tmp}/w/checkpoints"),
+    "main_negative_corrupt_limit": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w",
+                                     "--config.data.max_consecutive_corrupt=-1"], "max_consecutive_corrupt",
+                                    "{tmp}/w/checkpoints"),
     "main_unknown_uncertainty_map": ([*MAIN, f"--config={TINY}", "--workdir={tmp}/w",
                                       "--config.spread.uncertainty_map=softmax"], "uncertainty_map",
                                      "{tmp}/w/checkpoints"),
@@ -92,6 +96,12 @@ CASES = {
     # ---- sweeps
     "sweep_unknown_sweep": (["-m", "launch.sweep", "configs/psm.py:table9", "--dry_run"], "table9", None),
     "sweep_missing_config": (["-m", "launch.sweep", "configs/nope.py:table1", "--dry_run"], "nope.py", None),
+    "sweep_run_name_climbs_out": (["-m", "launch.sweep", "{sweeps}:up", "--workdir_root", "{tmp}/root"],
+                                  "'../escape'", "{tmp}/escape"),
+    "sweep_run_name_absolute": (["-m", "launch.sweep", "{sweeps}:abs", "--workdir_root", "{tmp}/root"],
+                                "'/tmp/psm_abs_escape'", "/tmp/psm_abs_escape"),
+    "sweep_run_names_clash": (["-m", "launch.sweep", "{sweeps}:twice", "--workdir_root", "{tmp}/root"],
+                              "two runs are named 'a'", "{tmp}/root"),
     "sweep_bad_launcher": (["-m", "launch.sweep", "configs/psm.py:table1", "--launcher", "k8s"], "launcher", None),
     "sweep_root_is_a_file": (["-m", "launch.sweep", "configs/psm.py:smoke", "--workdir_root", "{file}"],
                              "not a directory", None),
@@ -125,12 +135,16 @@ def places(tmp_path_factory):
         (corrupt / f"img{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
     (root / "file").write_text("an ordinary file\n")
     (root / "badconfig.py").write_text("raise RuntimeError('boom')\n")
+    (root / "sweeps.py").write_text(
+        "RUNS = {'up': ['../escape'], 'abs': ['/tmp/psm_abs_escape'], 'twice': ['a', 'a']}\n"
+        "def get_sweep(name):\n"
+        "    return [dict(name=n, arg='tiny', overrides={}, paper={}) for n in RUNS[name]]\n")
     return root
 
 
 def _fmt(text: str, places: Path, tmp: Path) -> str:
     return text.format(tmp=tmp, empty=places / "empty", corrupt=places / "corrupt", file=places / "file",
-                       badconfig=places / "badconfig.py")
+                       badconfig=places / "badconfig.py", sweeps=places / "sweeps.py")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

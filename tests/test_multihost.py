@@ -6,6 +6,7 @@ local coordinator, gloo collectives), on ``configs/demo.py:tiny``.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from conftest import xla_flags
 from psm_jax import checkpoint as ckpt
-from test_train import _flatten as _flat
+from test_train import _batch_shas, _flatten as _flat
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = f"{REPO / 'configs' / 'demo.py'}:tiny"
@@ -37,7 +38,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(workdir: Path, steps: int, *, processes: int, devices: int) -> None:
+def _train(workdir: Path, steps: int, *, processes: int, devices: int) -> str:
     flags = [f"--config={TINY}", f"--workdir={workdir}", f"--config.total_steps={steps}",
              f"--config.ckpt_every={steps}", *STEPS]
     if processes == 1:
@@ -51,6 +52,7 @@ def _train(workdir: Path, steps: int, *, processes: int, devices: int) -> None:
     outs = [p.communicate(timeout=1800) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
+    return outs[0][0] + outs[0][1]
 
 
 def _state(workdir: Path) -> dict:
@@ -81,12 +83,13 @@ def test_process_rows_are_disjoint_and_cover_the_global_batch():
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process_and_resume(tmp_path):
-    """2 processes x 2 devices train like 1 x 4, and a 2-process run resumes on 2 processes.
+    """2 processes x 2 devices train like 1 x 4; a 2-process run resumes on 2 processes, and on 1.
 
-    (A restore onto another process count is not supported yet: grain's iterator state is saved
-    per process, ``data/process_<i>-of-<n>.json``; see README, Status.)
+    On another process count grain's per-process iterator states (``data/process_<i>-of-<n>.json``)
+    do not apply; the run continues the global order at batch ``step`` instead, so it reads
+    exactly the batch an uninterrupted run reads, and trains to the same parameters.
     """
-    one, multi = tmp_path / "one", tmp_path / "multi"
+    one, multi, cross = tmp_path / "one", tmp_path / "multi", tmp_path / "cross"
     _train(one, 2, processes=1, devices=4)
     _train(multi, 2, processes=2, devices=2)
     ref, got = _state(one), _state(multi)
@@ -96,5 +99,17 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
         assert a.keys() == b.keys()
         for name in a:
             np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=f"{key}{name}")
+    shutil.copytree(multi, cross)
     _train(multi, 3, processes=2, devices=2)
     assert ckpt.digest(multi)[0] == 3
+    # 2 processes -> 1: the third batch and the parameters are those of the uninterrupted 1 x 4 run.
+    out = _train(cross, 3, processes=1, devices=4)
+    assert "saved with another process count" in out and "at global batch 2" in out, out[-3000:]
+    _train(one, 3, processes=1, devices=4)
+    assert _batch_shas(cross)[3] == _batch_shas(one)[3]
+    ref, got = _state(one), _state(cross)
+    assert int(got["step"]) == 3
+    for key in ("g_params", "g_ema_params", "d_params"):
+        a, b = dict(_flat(ref[key])), dict(_flat(got[key]))
+        for name in a:
+            np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=f"{key}{name}")

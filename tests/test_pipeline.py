@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import grain
 import jax
@@ -217,8 +218,54 @@ def test_all_corrupt_folder_raises_instead_of_spinning(tmp_path):
     for i in range(3):
         (tmp_path / "img" / f"{i}.png").write_bytes(b"garbage")
     it = _iter(_cfg(source="folder", path=str(tmp_path / "img")), bs=2)
-    with pytest.raises(RuntimeError, match="no readable image in 4 consecutive records"):
+    # The limit (100) is capped at two epochs (6 records): the 7th corrupt record in a row stops it.
+    with pytest.raises(pipeline.CorruptDataError, match="7 unreadable training records in a row"):
         next(it)
+
+
+def test_consecutive_corrupt_limit_stops_and_names_the_last_files(tmp_path):
+    """Past data.max_consecutive_corrupt unreadable records in a row: an error naming the last 3."""
+    root = tmp_path / "img"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / f"good{i}.png")
+    for i in range(6):
+        (root / f"bad{i}.png").write_bytes(b"garbage")
+    cfg = _cfg(source="folder", path=str(root), max_consecutive_corrupt=2)
+    it = pipeline.make_train_iterator(cfg, global_batch_size=2, seed=0, process_index=0, process_count=1,
+                                      mask_fn=box_mask)
+    with pytest.raises(pipeline.CorruptDataError) as e:
+        for _ in range(8):   # some epoch's shuffle puts 3 bad files in a row before a good one
+            next(it)
+    msg = str(e.value)
+    assert "3 unreadable training records in a row" in msg and "max_consecutive_corrupt=2" in msg
+    named = [n for n in msg.split("the last: ")[1].split(", ")]
+    assert len(named) == 3 and all(Path(n).name.startswith("bad") for n in named), msg
+    # Below the limit the same folder trains: 2 in a row are skipped and counted.
+    cfg.max_consecutive_corrupt = 6
+    batch = next(pipeline.make_train_iterator(cfg, global_batch_size=2, seed=0, process_index=0,
+                                              process_count=1, mask_fn=box_mask))
+    assert batch["image"].shape[0] == 2
+    with pytest.raises(ValueError, match="max_consecutive_corrupt=-1"):
+        _iter(_cfg(max_consecutive_corrupt=-1))
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_start_batch_continues_the_global_order(n):
+    """A resume on another process count starts at global batch `step`: the batches an
+    uninterrupted run would read next, row for row, whatever the process count."""
+    cfg = _cfg()
+    ref = _take(_iter(cfg, bs=4), 9)          # one process; 24 records, so past an epoch
+    parts = [pipeline.make_train_iterator(cfg, global_batch_size=4, seed=0, process_index=i,
+                                          process_count=n, mask_fn=box_mask, start_batch=5)
+             for i in range(n)]
+    for b in range(5, 9):
+        local = [next(it) for it in parts]
+        got = {k: np.concatenate([x[k] for x in local]) for k in ref[b]}
+        _assert_same([got], [ref[b]])
+    with pytest.raises(ValueError, match="start_batch=-1"):
+        pipeline.make_train_iterator(cfg, global_batch_size=4, seed=0, start_batch=-1)
 
 
 def test_config_errors_are_clear(tmp_path):

@@ -26,7 +26,8 @@ Design points:
   (``grain.checkpoint.CheckpointSave``) restores it at the exact next batch. Skips do not
   disturb this: positions count records, not emitted elements, and the drop step holds no
   state between batches (``skipped_total()`` counts from process start, not from the run's
-  start).
+  start). A resume on another process count cannot use those per-process states: it starts at
+  global batch ``step`` (``start_batch``), which is exact unless a process had skipped records.
 * **Multi-host.** The global order (shuffle, epochs, per-record augmentation seeds) is defined
   once, identically on every process; global batch ``b`` is positions ``[b*G, (b+1)*G)`` of it.
   Process ``p`` of ``P`` reads only rows ``[p*G/P, (p+1)*G/P)`` of each global batch (so only its
@@ -87,6 +88,9 @@ def default_data_config() -> ml_collections.ConfigDict:
         prefetch=4,                     # elements buffered per worker / per read thread
         batch_prefetch=2,               # with workers: batches prefetched by a main-process thread
         seed=0,                         # data seed, mixed with the trainer's seed (and the synthetic images' seed)
+        # Unreadable records in a row (in this process's share) after which training stops with an
+        # error naming the last files; 0 = two epochs' worth (only "every file is corrupt" stops).
+        max_consecutive_corrupt=100,
         # Evaluation (make_eval_dataset). Same source kind as training:
         eval_path="",                   # folder source: root folder of the evaluation images
         eval_split="validation",        # tfds source: evaluation split
@@ -130,11 +134,16 @@ class _Tag(grain.transforms.MapWithIndex):
         return {"raw": record, "name": str(index), "index": index}
 
 
+class CorruptDataError(ValueError):
+    """Too many unreadable records in a row (``config.data.max_consecutive_corrupt``)."""
+
+
 class _DropCorruptIterDataset(grain.IterDataset):
     """Drops corrupt-record markers, stamping ``"skipped"`` on the next good element.
 
-    ``max_consecutive`` (the number of records per epoch) turns "every record is unreadable"
-    into an error instead of an endless loop over an infinitely repeated dataset.
+    More than ``max_consecutive`` unreadable records in a row raise :class:`CorruptDataError`,
+    naming the last files: a dataset that is mostly corrupt (a bad copy, a wrong mount) stops the
+    run instead of training on the few survivors or looping forever over an all-corrupt one.
     """
 
     def __init__(self, parent: grain.IterDataset, max_consecutive: int):
@@ -178,15 +187,17 @@ class _DropCorruptIterator(grain.DatasetIterator):
         self._max_consecutive = max_consecutive
 
     def __next__(self) -> dict[str, Any]:
-        skipped = 0
+        skipped, last = 0, []
         while True:
             element = next(self._parent)
             if CORRUPT not in element:
                 break
             skipped += 1
+            last = [*last[-2:], str(element[CORRUPT])]
             if skipped > self._max_consecutive:
-                raise RuntimeError(f"no readable image in {skipped} consecutive records (last: {element[CORRUPT]}); "
-                                   "is every file of the dataset corrupt?")
+                raise CorruptDataError(
+                    f"{skipped} unreadable training records in a row (config.data.max_consecutive_corrupt="
+                    f"{self._max_consecutive}); the last: {', '.join(last)}")
             log.warning("skipped unreadable record %s (index %d)", element[CORRUPT], int(element["index"]))
         element["skipped"] = np.int32(skipped)
         return element
@@ -238,6 +249,9 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.resolution={cfg.resolution}: expected >= 8")
     if cfg.num_workers < 0:
         raise ValueError(f"config.data.num_workers={cfg.num_workers}: expected >= 0")
+    if cfg.get("max_consecutive_corrupt", 0) < 0:
+        raise ValueError(f"config.data.max_consecutive_corrupt={cfg.max_consecutive_corrupt}: expected >= 0 "
+                         "(0 = two epochs)")
     if cfg.source == "synthetic" and cfg.synthetic_kind not in synthetic.KINDS:
         raise ValueError(f"config.data.synthetic_kind={cfg.synthetic_kind!r}: expected one of "
                          f"{', '.join(map(repr, synthetic.KINDS))}")
@@ -262,7 +276,10 @@ def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, batch_size: i
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=num_workers, per_worker_buffer_size=max(1, cfg.prefetch)))
-    ds = _DropCorruptIterDataset(ds, max_consecutive=epoch_size)
+    # Capped at two epochs: a longer run of unreadable records means that none is readable (an
+    # epoch may end, and the next begin, with all the bad ones).
+    limit = int(cfg.get("max_consecutive_corrupt", 0)) or 2 * epoch_size
+    ds = _DropCorruptIterDataset(ds, max_consecutive=min(limit, 2 * epoch_size))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     # A background thread overlaps drop + batch (np.stack) with the trainer, but only when the
     # elements come from worker processes: in-process, that daemon thread would drive grain's
@@ -306,8 +323,13 @@ class _ProcessRows(grain.MapDataset):
 
 def make_train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
                        process_index: int | None = None, process_count: int | None = None,
-                       mask_fn: MaskFn | None = None) -> grain.IterDataset:
-    """The infinite training ``IterDataset`` of process-local batches (see the module docstring)."""
+                       mask_fn: MaskFn | None = None, start_batch: int = 0) -> grain.IterDataset:
+    """The infinite training ``IterDataset`` of process-local batches (see the module docstring).
+
+    ``start_batch``: begin at global batch ``start_batch`` of the global order. A run resumed on
+    another process count cannot use the per-process iterator states of the checkpoint; since
+    the global order does not depend on the process layout, it starts here instead.
+    """
     _check_config(cfg)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -331,6 +353,10 @@ def make_train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int
     else:
         augment = transforms.TrainAugment(cfg.resolution, mask_fn, cfg.mask_kind)
     ds = ds.random_map(augment, seed=_derive_seed(seed, cfg.seed, "augment"))
+    if start_batch < 0:
+        raise ValueError(f"start_batch={start_batch}: expected >= 0")
+    if start_batch:
+        ds = ds[start_batch * global_batch_size:]   # lazy: positions are computed, not read
     local_batch = global_batch_size // process_count
     ds = _ProcessRows(ds, global_batch_size, process_index * local_batch, local_batch)
     ds = ds.to_iter_dataset(_read_options(cfg))
@@ -339,7 +365,7 @@ def make_train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int
 
 def make_train_iterator(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
                         process_index: int | None = None, process_count: int | None = None,
-                        mask_fn: MaskFn | None = None) -> grain.DatasetIterator:
+                        mask_fn: MaskFn | None = None, start_batch: int = 0) -> grain.DatasetIterator:
     """An infinite iterator of process-local numpy batches (``global_batch_size // process_count``).
 
     Batches: ``image`` float32 [b,R,R,3] in [-1,1], ``mask`` float32 [b,R,R,1] (1 = known),
@@ -349,7 +375,7 @@ def make_train_iterator(cfg: ml_collections.ConfigDict, *, global_batch_size: in
     """
     return iter(make_train_dataset(cfg, global_batch_size=global_batch_size, seed=seed,
                                    process_index=process_index, process_count=process_count,
-                                   mask_fn=mask_fn))
+                                   mask_fn=mask_fn, start_batch=start_batch))
 
 
 # ----------------------------------------------------------------------------- evaluation
