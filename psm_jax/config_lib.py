@@ -111,6 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
         # Empty means random weights, which must be asked for explicitly below.
         perceptual_weights="",
         perceptual_random_init=False,
+        # The perceptual network's blocks per stage and stem width: ResNet-50 (Eq. 9) is
+        # (3, 4, 6, 3) and 64. Only the random-weight test configs shrink it (compile time).
+        perceptual_stages=(3, 4, 6, 3),
+        perceptual_width=64,
     ))
 
     c.optim = ml_collections.ConfigDict(dict(

@@ -104,7 +104,13 @@ def make_perceptual_fn(cfg: Any, *, model: resnet.ResNet | None = None, seed: in
     layer_weights = tuple(float(w) for w in layer_weights) if layer_weights is not None else None
     if model is None:
         dilated = bool(_get(loss_cfg, "perceptual_dilated", True))
-        model = resnet.ResNet50Dilated() if dilated else resnet.ResNet50()
+        stages = tuple(int(n) for n in _get(loss_cfg, "perceptual_stages", resnet.RESNET50_STAGES))
+        width = int(_get(loss_cfg, "perceptual_width", 64))
+        if len(stages) != 4 or min(stages) < 1 or width < 1:
+            raise ValueError(f"loss.perceptual_stages={stages} / perceptual_width={width}: expected 4 "
+                             "stages of >= 1 block and a width >= 1 (ResNet-50: (3, 4, 6, 3), 64)")
+        model = resnet.ResNet(stage_sizes=stages, base_width=width,
+                              replace_stride_with_dilation=(False, True, True) if dilated else (False,) * 3)
     loss = PerceptualLoss(model=model, layers=layers, layer_weights=layer_weights)
 
     if path and random_init:

@@ -90,11 +90,12 @@ def test_launch_scripts_have_help_and_refuse_missing_arguments(script):
 
 @pytest.mark.slow
 def test_smoke_sweep_runs_and_collect_writes_both_rows(tmp_path):
-    """Two 2-step tiny runs through the local launcher; each ends with an in-training eval."""
+    """Two 2-step tiny runs (two data orders) through the local launcher; each ends with an
+    in-training eval."""
     r = _sweep("configs/psm.py:smoke", "--workdir_root", str(tmp_path), timeout=1800)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     sweep = json.loads((tmp_path / "smoke" / "sweep.json").read_text())
-    assert [run["name"] for run in sweep["runs"]] == ["tiny_linear", "tiny_cosine"]
+    assert [run["name"] for run in sweep["runs"]] == ["tiny_data0", "tiny_data1"]
     for run in sweep["runs"]:
         rec = json.loads((Path(run["workdir"]) / "run.json").read_text())
         assert rec["device_count"] >= 1 and rec["config"]["total_steps"] == 2 and "git_sha" in rec
