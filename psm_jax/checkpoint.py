@@ -102,6 +102,10 @@ def _write_errors(mngr: ocp.CheckpointManager, step: int | None):
         raise
     except Exception as e:  # noqa: BLE001 - orbax, tensorstore and the OS raise many kinds
         try:
+            mngr.wait_until_finished()   # an earlier async save may still be committing
+        except Exception:  # noqa: BLE001 - that one failed too: report what is on disk
+            pass
+        try:
             intact = f"the newest complete checkpoint is step {latest_complete_step(mngr.directory)}"
         except Exception:  # noqa: BLE001
             intact = "older checkpoints were not touched"

@@ -1,7 +1,8 @@
 """Fault drills on configs/demo.py:tiny, each what a pod job meets: SIGKILL while an async save is
 in flight, a full disk during a save, a damaged newest checkpoint, a training folder of corrupt
 images. Every run is a fresh ``python -m psm_jax.main`` process, as a pod would start it; the
-drills share one uninterrupted reference run (one xdist group, a module fixture)."""
+drills share one uninterrupted reference run (a module fixture; `make test` distributes the
+suite by file, so it is computed once)."""
 from __future__ import annotations
 
 import json
@@ -19,7 +20,6 @@ from psm_jax import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = f"{REPO / 'configs' / 'demo.py'}:tiny"
-pytestmark = pytest.mark.xdist_group("faults")
 
 
 def _run(workdir: Path, *flags: str, **env: str) -> subprocess.CompletedProcess:
