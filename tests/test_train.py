@@ -191,7 +191,9 @@ def test_g_and_d_learning_rate_multipliers():
     from psm_jax import train_step as ts
     from psm_jax.config_lib import load_config
 
-    cfg = load_config(TINY, {"optim.lr": 1e-3, "optim.g_lr_mult": 3.0, "optim.d_lr_mult": 0.5})
+    # eps 1e-8 (the tiny config trains with 1e-3): the first Adam step is then the lr to 1e-5.
+    cfg = load_config(TINY, {"optim.lr": 1e-3, "optim.g_lr_mult": 3.0, "optim.d_lr_mult": 0.5,
+                             "optim.eps": 1e-8})
     g_tx, d_tx = ts.make_optimizers(cfg)
     params = {"w": jnp.zeros((4,))}
     grads = {"w": jnp.ones((4,))}
