@@ -5,7 +5,6 @@ drills share one uninterrupted reference run (a module fixture; `make test` dist
 suite by file, so it is computed once)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from psm_jax import checkpoint as ckpt
+from test_train import _batch_shas
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = f"{REPO / 'configs' / 'demo.py'}:tiny"
@@ -31,16 +31,6 @@ def _run(workdir: Path, *flags: str, **env: str) -> subprocess.CompletedProcess:
 def _digest_cli(workdir: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "psm_jax.checkpoint", "digest", str(workdir)], cwd=REPO,
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-
-
-def _batch_shas(workdir: Path) -> dict[int, str]:
-    """The batch digest of every step; a resumed run keeps the record written last."""
-    out = {}
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "batch_sha" in rec:
-            out[rec["step"]] = rec["batch_sha"]
-    return out
 
 
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
