@@ -7,6 +7,7 @@ no traceback, nothing written to the output.
 from __future__ import annotations
 
 import argparse
+import logging
 import pickle
 import sys
 import zipfile
@@ -21,10 +22,29 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(error(message))
 
 
-def error(message: str) -> int:
-    """Prints ``error: message`` on one line and returns exit code 2 (for ``main() -> int``)."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
+def error(message: str, code: int = 2, *, last_words: bool = False) -> int:
+    """Prints ``error: message`` on one line and returns ``code`` (for ``main() -> int``).
+
+    ``last_words=True`` is for a process that exits right after (the training CLIs): background
+    threads that outlive the failure, such as the data pipeline's readers still decoding
+    prefetched files, must not log after the error line, which has to be the last one a user or
+    a scheduler's log scraper sees. Logging is then switched off for good, and the line is
+    written while holding every handler's lock, which waits for a write already in progress.
+    """
+    line = f"error: {' '.join(str(message).split())}"
+    if not last_words:
+        print(line, file=sys.stderr, flush=True)
+        return code
+    logging.disable(logging.CRITICAL)
+    handlers = [h for name in (None, "absl") for h in logging.getLogger(name).handlers]
+    for h in handlers:
+        h.acquire()
+    try:
+        print(line, file=sys.stderr, flush=True)
+    finally:
+        for h in reversed(handlers):
+            h.release()
+    return code
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from psm_jax import cli
 from psm_jax.data.transforms import from_model_range
 
 REPO = Path(__file__).resolve().parents[1]
@@ -365,11 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             train_and_evaluate(config, workdir)
         except TrainingDiverged as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        except ValueError as e:   # bad config values (pipeline/model checks): one line
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return cli.error(str(e), code=1, last_words=True)
+        except ValueError as e:   # bad config values, corrupt data (pipeline/model checks): one line
+            return cli.error(str(e), last_words=True)
         done = ckpt.latest_step(workdir)
         if done is None or done < config.total_steps:   # SIGTERM: checkpoint saved, not finished
             print(f"Training stopped at step {done} of {config.total_steps}; run the demo again to resume.",

@@ -31,22 +31,19 @@ def main(argv):
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
                                    **kwargs)
-    from psm_jax import train
+    from psm_jax import cli, train
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train.TrainingDiverged as e:
-        print(f"error: training diverged: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(cli.error(f"training diverged: {e}", code=1, last_words=True))
     except train.ckpt.CheckpointWriteError as e:
         # A full disk or a lost mount: say so on one line; the older checkpoints are intact.
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(cli.error(str(e), code=1, last_words=True))
     except (ValueError, FileNotFoundError, NotADirectoryError, train.workdir_lock.WorkdirLocked) as e:
         # Bad config values and missing files: one line, exit 2 (PSM_DEBUG=1 shows the traceback).
         if os.environ.get("PSM_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(cli.error(str(e), last_words=True))
 
 
 def _parse_flags(argv):
@@ -61,8 +58,8 @@ def _parse_flags(argv):
             lines = [l for l in text.splitlines() if l.strip()]
             text = f"{lines[0].split(': Error')[0]}: {lines[-1]}"
         message = " ".join(text.replace("\\n", " ").split()).strip("'\"")
-        print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
-        sys.exit(2)
+        from psm_jax import cli
+        sys.exit(cli.error(f"{type(e).__name__}: {message}"))
 
 
 if __name__ == "__main__":
