@@ -158,7 +158,7 @@ def get_sweep(name):
         return [dict(name=f"A_{s}", arg=f"A,schedule={s}", overrides={}, paper={"fid": fid})
                 for s, fid in PAPER_FID["table4"].items()]
     if name == "smoke":
-        base = {"total_steps": 2, "ckpt_every": 2, "loss.pcp_weight": 0.0, "progress_bar": False}
+        base = {"total_steps": 2, "ckpt_every": 2, "progress_bar": False}
         # Two data orders of one model: the second run reuses the first one's compiled programs
         # (the data seed never reaches them), so the smoke test costs one compile, not two.
         return [dict(name=f"tiny_data{s}", arg="tiny", overrides={**base, "data.seed": s}, paper={})

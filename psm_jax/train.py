@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,76 @@ def build_models(config: ml_collections.ConfigDict) -> ts.Models:
     if config.loss.pcp_weight:
         pcp_params, pcp_fn = perceptual.make_perceptual_fn(config.loss)
     return ts.Models(G, D, pcp_params, pcp_fn)
+
+
+# Fields that only steer the host loop (data, logging, checkpoints, evaluation). The compiled
+# programs are built from a copy of the config without them, so they cannot depend on them.
+LOOP_FIELDS = ("data", "demo", "eval", "total_steps", "ckpt_every", "keep_ckpts", "log_every",
+               "progress_bar", "sample_every", "log_batch_digest")
+_PROGRAMS_KEPT = 4
+
+
+class Program(NamedTuple):
+    """What one model configuration compiles: models, state layout and the jitted steps."""
+    models: ts.Models
+    init: Any                # jitted key -> state (sharded)
+    abstract: Any            # the state's ShapeDtypeStructs
+    state_sh: Any            # its NamedShardings
+    batch_sharding: Any
+    replicated: Any
+    train_step: Any          # jitted (state, batch) -> (state, metrics), state donated
+    r1_step: Any
+
+
+_programs: dict[str, Program] = {}
+
+
+def program_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config without :data:`LOOP_FIELDS`: all that the compiled programs may read."""
+    d = config.to_dict()
+    for k in LOOP_FIELDS:
+        d.pop(k, None)
+    return ml_collections.FrozenConfigDict(d)
+
+
+def compiled_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Program:
+    """The models and jitted steps of ``config`` on ``mesh``, shared by the runs of one process.
+
+    A later ``train_and_evaluate`` in the same process with the same model, losses and mesh
+    (a sweep driven from Python, a notebook, the tests) reuses the traced and compiled steps
+    instead of tracing them again: only the loop fields may differ. The last few are kept.
+    """
+    pc = program_config(config)
+    key = json.dumps([pc.to_json_best_effort(sort_keys=True), _weights_identity(pc),
+                      [d.id for d in mesh.devices.flat], list(mesh.shape.items()), jax.process_count()])
+    if key in _programs:
+        _programs[key] = _programs.pop(key)   # most recently used last
+        return _programs[key]
+    models = build_models(pc)
+    init_fn = lambda k: init_state(pc, models, k)  # noqa: E731
+    abstract = jax.eval_shape(init_fn, jax.random.key(0))
+    state_sh = shd.state_shardings(abstract, mesh)
+    batch_sh, replicated = shd.batch_sharding(mesh), shd.replicated(mesh)
+    program = Program(
+        models=models, init=jax.jit(init_fn, out_shardings=state_sh), abstract=abstract,
+        state_sh=state_sh, batch_sharding=batch_sh, replicated=replicated,
+        train_step=jax.jit(ts.make_train_step(pc, models), in_shardings=(state_sh, batch_sh),
+                           out_shardings=(state_sh, replicated), donate_argnums=0),
+        r1_step=jax.jit(ts.make_r1_step(pc, models), in_shardings=(state_sh, batch_sh),
+                        out_shardings=(state_sh, replicated), donate_argnums=0))
+    _programs[key] = program
+    while len(_programs) > _PROGRAMS_KEPT:
+        _programs.pop(next(iter(_programs)))
+    return program
+
+
+def _weights_identity(pc: ml_collections.FrozenConfigDict) -> list:
+    """A perceptual weights file is read into the program: a rewritten file is another program."""
+    path = str(pc.loss.get("perceptual_weights", "") or "")
+    if not path or not os.path.exists(path):
+        return []
+    st = os.stat(path)
+    return [path, st.st_size, st.st_mtime_ns]
 
 
 def init_state(config: ml_collections.ConfigDict, models: ts.Models, key: jax.Array) -> dict:
@@ -114,8 +184,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         # ------------------------------------------------------------------ mesh
         mesh = shd.make_mesh(config.mesh.fsdp)
         shd.check_batch_size(config.batch_size, mesh)
-        batch_sharding = shd.batch_sharding(mesh)
-        replicated = shd.replicated(mesh)
 
         # ------------------------------------------------------------------ data
         def _data_iter(start_batch=0):
@@ -126,10 +194,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         data_iter = _data_iter()
 
         # ------------------------------------------------------------------ models and state
-        models = build_models(config)
-        init_fn = lambda key: init_state(config, models, key)  # noqa: E731
-        abstract = jax.eval_shape(init_fn, jax.random.key(config.seed))
-        state_sh = shd.state_shardings(abstract, mesh)
+        program = compiled_program(config, mesh)
+        models, abstract, state_sh = program.models, program.abstract, program.state_sh
+        batch_sharding = program.batch_sharding
         mngr = ckpt.make_manager(workdir, keep=config.keep_ckpts)
         latest = mngr.latest_step()
         if latest is not None:
@@ -176,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                       f"order continues at global batch {latest}", flush=True)
             print(f"resumed from {mngr.directory} at step {latest}", flush=True)
         else:
-            state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.seed))
+            state = program.init(jax.random.key(config.seed))
         start_step = int(jax.device_get(state["step"]))
         meta = ckpt.run_metadata(config_json)
         if is_main:
@@ -191,12 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 f.write(json.dumps({k: v for k, v in record.items() if k != "config"}, sort_keys=True) + "\n")
 
         # ------------------------------------------------------------------ compiled steps
-        train_step = jax.jit(ts.make_train_step(config, models),
-                             in_shardings=(state_sh, batch_sharding),
-                             out_shardings=(state_sh, replicated), donate_argnums=0)
-        r1_step = jax.jit(ts.make_r1_step(config, models),
-                          in_shardings=(state_sh, batch_sharding),
-                          out_shardings=(state_sh, replicated), donate_argnums=0)
+        train_step, r1_step = program.train_step, program.r1_step
 
         # ------------------------------------------------------------------ evaluation
         evaluator = None
@@ -242,6 +304,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             for step in range(start_step, config.total_steps):
                 local = next(data_iter)
                 local = {k: v for k, v in local.items() if k in ("image", "mask")}
+                if os.environ.get("PSM_FAULT_NAN_BATCH_AT") == str(step + 1):
+                    # Fault injection for the divergence test: a batch of NaN pixels makes every
+                    # loss NaN without compiling another program (a huge lr would be a new one).
+                    local = dict(local, image=np.full_like(local["image"], np.nan))
                 if sample_batch is None:
                     sample_batch = local
                 batch = pipeline.to_global_batch(local, batch_sharding)

@@ -129,19 +129,28 @@ def test_every_variant_builds_and_its_models_trace(spec):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", [f"{PSM}:tiny", f"{DEMO}:tiny"])
-def test_tiny_variants_train_one_step(spec):
-    """The tiny configs run the real step: psm.py:tiny with the paper's top_k, style mixing, fresh fakes."""
+def test_tiny_variants_train_one_step(spec, tmp_path):
+    """The tiny configs run the real step: psm.py:tiny with the paper's top_k, style mixing, fresh fakes.
+
+    One step of ``python -m psm_jax.main``, started like every single-device run of the suite, so
+    it compiles the same programs as the others (psm.py:tiny: the smoke sweep's runs) and one
+    compile serves them all."""
+    import json
+    import os
+    import subprocess
+    import sys
+
     import numpy as np
 
-    from psm_jax import train, train_step as ts
+    from psm_jax import checkpoint as ckpt
 
-    config = load_config(spec)
-    models = train.build_models(config)
-    state = jax.jit(lambda k: train.init_state(config, models, k))(jax.random.key(0))
-    R = config.model.resolution
-    rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (config.batch_size, R, R, 3)), jnp.float32),
-             "mask": jnp.asarray(rng.uniform(size=(config.batch_size, R, R, 1)) > 0.5, jnp.float32)}
-    state, metrics = jax.jit(ts.make_train_step(config, models))(state, batch)
-    assert int(state["step"]) == 1
-    assert all(np.isfinite(float(v)) for v in metrics.values())
+    w = tmp_path / "w"
+    r = subprocess.run([sys.executable, "-m", "psm_jax.main", f"--config={spec}", f"--workdir={w}",
+                        "--config.total_steps=1", "--config.ckpt_every=1", "--config.progress_bar=False"],
+                       cwd=REPO, capture_output=True, text=True, timeout=1800,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ckpt.latest_step(w) == 1
+    records = [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
+    metrics = [rec for rec in records if rec.get("step") == 1 and "g_loss" in rec]
+    assert metrics and all(np.isfinite(v) for v in metrics[0].values() if isinstance(v, (int, float)))
