@@ -267,3 +267,22 @@ def test_frozen_spread_supervises_the_output_image():
     assert abs(want_literal - want_frozen) > 0.05 * want_frozen
     assert frozen["g_l1/iter1"] == pytest.approx(want_frozen, rel=1e-5)
     assert literal["g_l1/iter1"] == pytest.approx(want_literal, rel=1e-5)
+
+
+def test_compiled_program_is_shared_across_loop_fields_only():
+    """train.compiled_program: one Program per model and mesh; the loop fields never reach it."""
+    from psm_jax import sharding as shd, train
+    from psm_jax.config_lib import load_config
+
+    mesh = shd.make_mesh(1)
+    base = load_config(TINY)
+    loop_only = load_config(TINY, {"total_steps": 99, "ckpt_every": 7, "data.seed": 5, "eval.every": 3,
+                                   "log_every": 4, "sample_every": 2, "progress_bar": False})
+    other_model = load_config(TINY, {"loss.l1_weight": base.loss.l1_weight + 1.0})
+    p = train.compiled_program(base, mesh)
+    assert train.compiled_program(loop_only, mesh) is p
+    assert train.compiled_program(other_model, mesh) is not p
+    pc = train.program_config(base)
+    assert not any(k in pc for k in train.LOOP_FIELDS)
+    with pytest.raises(AttributeError):
+        pc.data   # noqa: B018 - a step that read the data config would fail at trace time
