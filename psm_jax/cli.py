@@ -7,7 +7,9 @@ no traceback, nothing written to the output.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import os
 import pickle
 import sys
 import zipfile
@@ -27,9 +29,11 @@ def error(message: str, code: int = 2, *, last_words: bool = False) -> int:
 
     ``last_words=True`` is for a process that exits right after (the training CLIs): background
     threads that outlive the failure, such as the data pipeline's readers still decoding
-    prefetched files, must not log after the error line, which has to be the last one a user or
-    a scheduler's log scraper sees. Logging is then switched off for good, and the line is
-    written while holding every handler's lock, which waits for a write already in progress.
+    prefetched files, must not write after the error line, which has to be the last one a user
+    or a scheduler's log scraper sees. Logging is switched off, the line is written while holding
+    every handler's lock (which waits for a write already in progress), and stderr is then
+    pointed at /dev/null for the rest of the process: a thread that was already past logging's
+    level check when it was switched off writes nowhere.
     """
     line = f"error: {' '.join(str(message).split())}"
     if not last_words:
@@ -41,6 +45,10 @@ def error(message: str, code: int = 2, *, last_words: bool = False) -> int:
         h.acquire()
     try:
         print(line, file=sys.stderr, flush=True)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass   # stderr is not a file (captured in-process): nothing else writes to it anyway
     finally:
         for h in reversed(handlers):
             h.release()

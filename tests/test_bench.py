@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -19,6 +21,7 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_generator_json_lines_have_the_documented_keys():
     r = _bench("generator.py", "--resolution", "32", "--batch", "1", "2", "--repeats", "1", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -39,6 +42,7 @@ def test_bad_arguments_are_one_line_errors():
     assert "--configs" in r.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_demo_learning_scores_the_demo_eval_set():
     r = _bench("demo_learning.py", "--model", "unet", "--kind", "tiles", "--steps", "10", "--eval-images", "16")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -3,7 +3,8 @@
 * ``test_demo_smoke_writes_full_report`` runs the real demo config at 1/20 of its length and
   checks that the report holds every key (CI). Whether PSM beats the baselines is a property
   of the full-length run, checked on its committed report below, not of a 1/20 smoke run.
-* ``test_report_is_bit_identical_across_runs`` runs the tiny config twice from scratch.
+* ``test_report_is_bit_identical_across_runs`` runs the smoke run again from scratch and
+  compares every report file byte for byte.
 * ``test_committed_full_run_*`` read ``docs/demo_report.json`` (the report of
   the full-length `make demo` whose numbers README shows): PSM at T = 4 beats Telea and mean
   fill on hole L1 over the 297 held-out digits and is no worse than T = 1, and README's table
@@ -51,34 +52,44 @@ def _check_report_keys(report: dict, num_images: int, iters: int) -> None:
     assert report["data"]["source"] == "digits"
 
 
-@pytest.mark.slow
-def test_demo_smoke_writes_full_report(tmp_path):
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The real demo config at 1/20 of its length, scored on 16 held-out digits: (workdir, args, run)."""
     config = load_config(str(REPO / "configs" / "demo.py"))
-    steps = max(1, config.total_steps // 20)
-    r = _demo(tmp_path / "demo", "--steps", str(steps), "--eval-images", "16")
+    args = ("--steps", str(max(1, config.total_steps // 20)), "--eval-images", "16")
+    w = tmp_path_factory.mktemp("smoke") / "demo"
+    r = _demo(w, *args)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    _check_report_keys(report, 16, config.spread.test_iters)
+    return w, args, r
+
+
+@pytest.mark.slow
+def test_demo_smoke_writes_full_report(smoke):
+    w, args, r = smoke
+    report = json.loads((w / "report.json").read_text())
+    _check_report_keys(report, 16, load_config(str(REPO / "configs" / "demo.py")).spread.test_iters)
     for name in REPORT_FILES:
-        assert (tmp_path / "demo" / name).stat().st_size > 0, name
-    html = (tmp_path / "demo" / "report.html").read_text()
+        assert (w / name).stat().st_size > 0, name
+    html = (w / "report.html").read_text()
     assert "report_spread.png" in html and "report_learning_curve.png" in html
     assert "Report:" in r.stdout
     # A second run reuses the finished run instead of training again.
-    r2 = _demo(tmp_path / "demo", "--steps", str(steps), "--eval-images", "16")
+    r2 = _demo(w, *args)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "Reusing the finished run" in r2.stdout
 
 
 @pytest.mark.slow
-def test_report_is_bit_identical_across_runs(tmp_path):
-    args = ("--config", str(REPO / "configs" / "demo.py") + ":tiny", "--eval-images", "16")
-    for name in ("a", "b"):
-        r = _demo(tmp_path / name, *args)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    _check_report_keys(json.loads((tmp_path / "a" / "report.json").read_text()), 16, 4)
+def test_report_is_bit_identical_across_runs(smoke, tmp_path):
+    """A second run from scratch, in another workdir, writes the same report files bit for bit.
+
+    (The demo config itself at the smoke length: its programs are the smoke run's, so this second
+    run loads them from the compilation cache.)"""
+    w, args, _ = smoke
+    r = _demo(tmp_path / "b", *args)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for name in REPORT_FILES:
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+        assert (w / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 def _committed_report() -> dict:

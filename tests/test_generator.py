@@ -247,6 +247,7 @@ def test_use_latent_off_makes_the_generator_deterministic(tiny):
     assert not np.allclose(sto(jax.random.key(1))[0], sto(jax.random.key(2))[0])
 
 
+@pytest.mark.slow
 def test_output_gain_scales_both_heads_before_the_clamp(tiny):
     gen, variables, _ = tiny
     x, m0, u = _inputs(gen.resolution)

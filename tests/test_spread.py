@@ -146,6 +146,7 @@ def _tied_apply_fn(x, m0, m, u, t_frac, key):
     return mean, jnp.broadcast_to(level - 2.0 - u, x.shape)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 def test_top_k_picker_equals_sort_picker(batch, schedule):
     """Bit-identical spreads with both pickers, for every schedule and T = 1..8, with ties."""

@@ -154,6 +154,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert logged and all(np.isfinite(rec["g_loss"]) for rec in logged)
 
 
+@pytest.mark.slow
 def test_bf16_train_step_keeps_f32_state():
     import jax
     import jax.numpy as jnp

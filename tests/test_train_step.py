@@ -33,6 +33,7 @@ def _batch(cfg, seed=0):
             "mask": jnp.asarray(rng.uniform(size=(cfg.batch_size, R, R, 1)) > 0.5, jnp.float32)}
 
 
+@pytest.mark.slow
 def test_discriminator_sees_each_iteration_in_its_own_minibatch_std_groups():
     """Fakes that are T copies of the real images must get exactly the real images' logits.
 
@@ -87,6 +88,7 @@ def test_minibatch_std_of_duplicated_batch_differs_from_real_batch():
     assert float(dup_stat.mean()) < 0.9 * float(real_stat.mean())
 
 
+@pytest.mark.slow
 def test_style_mixing_is_training_only_and_changes_the_output():
     from psm_jax.models.generator import Generator, make_apply_fn
 
