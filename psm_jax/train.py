@@ -75,7 +75,6 @@ class Program(NamedTuple):
     abstract: Any            # the state's ShapeDtypeStructs
     state_sh: Any            # its NamedShardings
     batch_sharding: Any
-    replicated: Any
     train_step: Any          # jitted (state, batch) -> (state, metrics), state donated
     r1_step: Any
 
@@ -111,7 +110,7 @@ def compiled_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh)
     batch_sh, replicated = shd.batch_sharding(mesh), shd.replicated(mesh)
     program = Program(
         models=models, init=jax.jit(init_fn, out_shardings=state_sh), abstract=abstract,
-        state_sh=state_sh, batch_sharding=batch_sh, replicated=replicated,
+        state_sh=state_sh, batch_sharding=batch_sh,
         train_step=jax.jit(ts.make_train_step(pc, models), in_shardings=(state_sh, batch_sh),
                            out_shardings=(state_sh, replicated), donate_argnums=0),
         r1_step=jax.jit(ts.make_r1_step(pc, models), in_shardings=(state_sh, batch_sh),
@@ -301,10 +300,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if evaluator is not None and train_eval.pending_step(config, workdir, start_step) is not None:
                 print(f"running the eval of step {start_step} that the previous run did not finish", flush=True)
                 _evaluate(start_step)
+            nan_batch_at = os.environ.get("PSM_FAULT_NAN_BATCH_AT")   # fault injection, read once
             for step in range(start_step, config.total_steps):
                 local = next(data_iter)
                 local = {k: v for k, v in local.items() if k in ("image", "mask")}
-                if os.environ.get("PSM_FAULT_NAN_BATCH_AT") == str(step + 1):
+                if nan_batch_at == str(step + 1):
                     # Fault injection for the divergence test: a batch of NaN pixels makes every
                     # loss NaN without compiling another program (a huge lr would be a new one).
                     local = dict(local, image=np.full_like(local["image"], np.nan))
