@@ -15,7 +15,7 @@ and masks (configs/demo.py:synthetic, the earlier synthetic demo), then scores t
 
 One JSON line: hole L1 (0-255) of the model, Telea and mean fill, the mean training L1 of the
 last 100 steps ([-1, 1] units), training images per second (after compilation) and the training
-wall time. Minutes on a 2-core CPU at the defaults; `--steps 10 --eval-images 16` is a smoke run.
+wall time. Minutes on a 2-core CPU at the defaults; `--steps 10 --eval_images 16` is a smoke run.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from psm_jax import demo  # noqa: E402
 from psm_jax import losses  # noqa: E402
 from psm_jax.config_lib import load_config  # noqa: E402
 from psm_jax.data import pipeline, synthetic  # noqa: E402
+from psm_jax.evaluators import image_metrics  # noqa: E402
 from psm_jax.data.transforms import from_model_range  # noqa: E402
 from psm_jax.models.generator import Generator  # noqa: E402
 
@@ -85,11 +86,12 @@ def hole_l1_scores(config, predict, num_images: int, seed: int) -> dict[str, flo
         x, mask = np.asarray(batch["image"]), np.asarray(batch["mask"])
         real = from_model_range(x)
         ours = from_model_range(np.where(mask > 0.5, x, np.asarray(predict(x, mask))))
-        for r, m, o in zip(real, mask, ours):
-            for k, pred in (("model", o), ("telea", demo.telea(r, m)), ("mean_fill", demo.mean_fill(r, m))):
-                s, _, n = demo.scores(pred, r, m)
-                acc[k][0] += s
-                acc[k][1] += n
+        preds = {"model": ours, "telea": np.stack([demo.telea(r, m) for r, m in zip(real, mask)]),
+                 "mean_fill": np.stack([demo.mean_fill(r, m) for r, m in zip(real, mask)])}
+        for k, pred in preds.items():
+            s, n = image_metrics.hole_l1(pred, real, mask)
+            acc[k][0] += float(np.sum(s))
+            acc[k][1] += float(np.sum(n))
     return {k: round(s / n, 2) for k, (s, n) in acc.items()}
 
 
@@ -102,11 +104,11 @@ def main(argv: list[str]) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--nll-weight", type=float, default=0.0, help="generator only: + w * hole NLL")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-images", type=int, default=0, help="0 = the demo's (config.demo.eval_images, 64)")
+    p.add_argument("--eval_images", type=int, default=0, help="0 = the demo's (config.demo.eval_images, 64)")
     args = p.parse_args(argv)
     if (args.steps < 2 or args.batch < 1 or args.lr <= 0 or args.eval_images < 0
             or (args.nll_weight and args.model == "unet")):
-        common.fail("bench/demo_learning.py", "expected --steps >= 2, --batch >= 1, --lr > 0, --eval-images >= 0, "
+        common.fail("bench/demo_learning.py", "expected --steps >= 2, --batch >= 1, --lr > 0, --eval_images >= 0, "
                                               "and --nll-weight only with --model generator")
     config = load_config("configs/demo.py:synthetic", {"data.synthetic_kind": args.kind})
     init, apply = make_model(args.model, config)

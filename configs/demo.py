@@ -99,7 +99,8 @@ def get_config(arg=None):
     c.model = model_config("tiny")
     c.model.update(DEMO_MODEL)
     # time_input=False: measured departure, see the docstring.
-    c.model.update(resolution=32, use_latent=False, use_noise=False, output_gain=0.1, time_input=False)
+    c.model.update(resolution=32, use_latent=False, use_noise=False, output_gain=0.1, var_gain=0.1,
+                   time_input=False)
 
     c.data = default_data_config()
     c.data.update(source="digits", resolution=32, digits_train=(0, 1500), digits_eval=(1500, 1797),
@@ -137,7 +138,7 @@ def get_config(arg=None):
     for dotted, value in VARIANTS[a.variant].items():
         if dotted == "model":
             c.model = model_config(value)
-            c.model.update(use_latent=False, use_noise=False, output_gain=0.1, time_input=False)
+            c.model.update(use_latent=False, use_noise=False, output_gain=0.1, var_gain=0.1, time_input=False)
         else:
             _set(c, dotted, value)
     if a.variant == "tiny":

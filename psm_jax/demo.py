@@ -9,23 +9,21 @@ and print a table.
 Metrics, on [0, 255] images after compositing the known pixels back:
   l1    mean absolute error over hole pixels (all three channels),
   psnr  PSNR over the whole image, averaged over images.
-The report also holds:
+The report also holds, for the spread at T_test (pooled over the held-out digits, exact):
+  uncertainty     per iteration t, on the pixels still open at its input (the ones the picker
+                  ranks by sigma, Sec. 3.1.2): pick_ratio, spearman_open, ause, ause_rel,
+                  refine_ratio, open_mae (psm_jax/evaluators/calibration.py defines them),
+  spearman_sigma_abs_error  per iteration, Spearman(sigma, |error|) on every hole pixel ("hole")
+                  and on the open ones ("open"), and the mean sigma and |error| on the hole,
   learning_curve  held-out hole L1 of the EMA generator at every checkpoint (T = 1 and T_test),
-  spearman        per spread iteration t of the T_test run, Spearman's rank correlation
-                  between sigma_t (mean over channels) and |mu_t - ground truth| (mean over
-                  channels), pooled over the hole pixels of all held-out images: "hole" = every
-                  pixel of the initial hole, "open" = the pixels still unknown at iteration t's
-                  input, i.e. the ones the picker ranks by sigma (Sec. 3.2). Positive means
-                  the uncertainty that orders the spread is learned.
+                  with the first iteration's pick ratio and Spearman on the open pixels.
 
 Everything in the report is a function of the config and the seed (no timings, no paths), so
 two fresh runs with the same seed write byte-identical reports; timings go to ``timing.json``.
 """
 from __future__ import annotations
 
-import argparse
 import ast
-import html
 import json
 import os
 import resource
@@ -37,8 +35,16 @@ from typing import Any
 import jax
 import numpy as np
 
+from psm_jax import checkpoint as ckpt
 from psm_jax import cli
+from psm_jax.config_lib import load_config
+from psm_jax.data.pipeline import make_eval_dataset
 from psm_jax.data.transforms import from_model_range
+from psm_jax.demo_report import print_table, write_report
+from psm_jax.evaluators import calibration, image_metrics, inpainting
+from psm_jax.inpaint import load_run, make_inpaint_fn
+from psm_jax.train import TrainingDiverged, train_and_evaluate
+from psm_jax.visualize import method_grid, spread_strip
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = str(REPO / "configs" / "demo.py")
@@ -64,240 +70,119 @@ def mean_fill(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.rint(out).astype(np.uint8)
 
 
-def scores(pred_u8: np.ndarray, real_u8: np.ndarray, mask: np.ndarray) -> tuple[float, float, int]:
-    """(sum of |err| over hole pixels*channels, PSNR of the image, hole element count)."""
-    err = pred_u8.astype(np.float64) - real_u8.astype(np.float64)
-    hole = np.broadcast_to(mask < 0.5, err.shape)
-    mse = float(np.mean(err ** 2))
-    psnr = float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
-    return float(np.abs(err[hole]).sum()), psnr, int(hole.sum())
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def _eval_batches(config, num_images: int | None, seed: int):
-    """Held-out batches, the last one padded to EVAL_BATCH (one compiled shape per T); yields
-    (image, mask, number of real rows)."""
-    from psm_jax.data.pipeline import make_eval_dataset
-
-    for batch in make_eval_dataset(config.data, batch_size=EVAL_BATCH, num_images=num_images, seed=seed):
-        image, mask = np.asarray(batch["image"]), np.asarray(batch["mask"])
-        n = len(image)
-        if n < EVAL_BATCH:
-            pad = [(0, EVAL_BATCH - n)] + [(0, 0)] * 3
-            image, mask = np.pad(image, pad, mode="edge"), np.pad(mask, pad, mode="edge")
-        yield image, mask, n
+def _eval_batches(config, num_images: int | None, seed: int) -> list[dict[str, np.ndarray]]:
+    """The held-out batches with their fixed seeded masks (the short last batch is padded by the
+    evaluator, so every T compiles one shape)."""
+    return [{"image": np.asarray(b["image"]), "mask": np.asarray(b["mask"])}
+            for b in make_eval_dataset(config.data, batch_size=EVAL_BATCH, num_images=num_images, seed=seed)]
 
 
 def _psm_fns(config, iters, trajectory: bool):
-    from psm_jax.inpaint import make_inpaint_fn
-
     return {t: make_inpaint_fn(config, num_iters=t, return_trajectory=trajectory) for t in iters}
 
 
-def _psm_pred(fn, variables, image, mask, seed: int, seen: int) -> tuple[np.ndarray, dict]:
-    # The eval key depends only on the image index, so the numbers are reproducible.
-    out = fn(variables, image, mask, jax.random.fold_in(jax.random.key(seed), seen))
-    pred = from_model_range(np.where(mask > 0.5, image, np.asarray(out["image"])))
-    return pred, out
+def _psm_runs(fns, variables, batches, seed: int, *, exact: bool) -> dict[int, inpainting.SpreadRun]:
+    """One evaluation pass per T. The spread key of a batch depends only on the index of its first
+    image, so the numbers are reproducible. ``exact``: rank statistics over every hole pixel."""
+    return {t: inpainting.run_spread(fn, variables, batches, key=jax.random.key(seed),
+                                     calib_samples=None if exact else calibration.SAMPLES_PER_BATCH)
+            for t, fn in fns.items()}
 
 
-def hole_l1(config, variables, *, num_images: int | None, seed: int, iters=(1,), fns=None) -> dict[str, float]:
-    """Held-out hole L1 of PSM at each T in ``iters`` (the learning curve's fast path)."""
-    fns = fns or _psm_fns(config, iters, trajectory=False)
-    acc = {t: [0.0, 0] for t in iters}
-    seen = 0
-    for image, mask, n in _eval_batches(config, num_images, seed):
-        real = from_model_range(image)
-        for t in iters:
-            pred, _ = _psm_pred(fns[t], variables, image, mask, seed, seen)
-            for b in range(n):
-                s_abs, _, cnt = scores(pred[b], real[b], mask[b])
-                acc[t][0] += s_abs
-                acc[t][1] += cnt
-        seen += n
-    return {f"psm_t{t}": acc[t][0] / max(acc[t][1], 1) for t in iters}
+def _baseline_run(method, batches) -> inpainting.SpreadRun:
+    """Telea or mean fill scored with the same metrics as PSM."""
+    run = inpainting.SpreadRun()
+    for b in batches:
+        real = from_model_range(b["image"])
+        pred = np.stack([method(r, m) for r, m in zip(real, b["mask"])])
+        m = jax.device_get(image_metrics.all_metrics(pred, real, b["mask"]))
+        for name in ("ssim", "l1", "l1_hole_sum", "hole_count"):
+            run.add(name, m[name])
+        run.psnr_finite.extend(float(p) for p in np.asarray(m["psnr"]) if np.isfinite(p))
+        run.num_images += len(real)
+    return run
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman's rho (average ranks for ties); None when undefined (too few or constant)."""
-    from scipy.stats import spearmanr
+def _none_if_nan(v: float) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
 
-    if x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
-        return None
-    return float(spearmanr(x, y).statistic)
+
+def uncertainty_report(calib: calibration.CalibrationAccumulator) -> dict[str, dict[str, float | None]]:
+    """Per iteration ``t<i>``: spearman_open, ause, ause_rel, pick_ratio, refine_ratio, open_mae
+    (calibration module docstring; null where undefined, e.g. the last iteration's pick ratio)."""
+    keys = ("spearman_open", "ause", "ause_rel", "pick_ratio", "refine_ratio", "open_mae")
+    return {f"t{t + 1}": {k: _none_if_nan(calib.spread_quality(t)[k]) for k in keys}
+            for t in calib.iterations()}
 
 
 def evaluate(config, variables, *, num_images: int | None, seed: int, grid_images: int = GRID_IMAGES,
-             fns=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    from psm_jax.visualize import method_grid, spread_strip
-
+             fns=None) -> tuple[dict[str, Any], dict[str, np.ndarray], calibration.CalibrationAccumulator]:
+    """Scores PSM at each T of PSM_ITERS, Telea and mean fill; returns (report, figures, the T_max
+    run's calibration)."""
     T = max(PSM_ITERS)
     fns = fns or _psm_fns(config, PSM_ITERS, trajectory=True)
-    methods = [f"psm_t{t}" for t in PSM_ITERS] + ["telea", "mean_fill"]
-    acc = {m: {"abs": 0.0, "n": 0, "psnr": []} for m in methods}
-    grids: dict[str, np.ndarray] = {}
-    # Per iteration of the T run: (sigma, |error|) of every hole pixel, and "open at input".
-    sig = [[] for _ in range(T)]
-    err = [[] for _ in range(T)]
-    opn = [[] for _ in range(T)]
-    seen = 0
-    for image, mask, n in _eval_batches(config, num_images, seed):
-        real = from_model_range(image)
-        preds = {}
-        for t, fn in fns.items():
-            preds[f"psm_t{t}"], out = _psm_pred(fn, variables, image, mask, seed, seen)
-            if t == T:
-                traj = jax.device_get(out["trajectory"])
-                hole_BHW = mask[:n, ..., 0] < 0.5
-                m_in_TBHW = np.concatenate([mask[None, :n, ..., 0], traj["mask"][:-1, :n, ..., 0]], 0)
-                for i in range(T):
-                    s_BHW = traj["std"][i, :n].mean(-1)
-                    e_BHW = np.abs(traj["mean"][i, :n] - image[:n]).mean(-1)
-                    sig[i].append(s_BHW[hole_BHW])
-                    err[i].append(e_BHW[hole_BHW])
-                    opn[i].append((m_in_TBHW[i] < 0.5)[hole_BHW])
-                if "spread" not in grids:
-                    k = min(grid_images, n)
-                    grids["spread"] = (image[:k], mask[:k], jax.tree.map(lambda a: a[:, :k], traj),
-                                       np.asarray(out["image"])[:k])
-        preds["telea"] = np.stack([telea(r, m) for r, m in zip(real, mask)])
-        preds["mean_fill"] = np.stack([mean_fill(r, m) for r, m in zip(real, mask)])
-        for m in methods:
-            for b in range(n):
-                s_abs, psnr, cnt = scores(preds[m][b], real[b], mask[b])
-                acc[m]["abs"] += s_abs
-                acc[m]["n"] += cnt
-                acc[m]["psnr"].append(psnr)
-        if "methods" not in grids:
-            k = min(grid_images, n)
-            masked = np.where(mask[:k] > 0.5, real[:k], 127).astype(np.uint8)
-            grids["methods"] = method_grid({"input": masked, **{m: preds[m][:k] for m in methods},
-                                            "ground truth": real[:k]})
-        seen += n
-    results = {m: {"l1": acc[m]["abs"] / max(acc[m]["n"], 1),
-                   "psnr": float(np.mean([p for p in acc[m]["psnr"] if np.isfinite(p)]))}
-               for m in methods}
+    batches = _eval_batches(config, num_images, seed)
+    runs = {f"psm_t{t}": run for t, run in _psm_runs(fns, variables, batches, seed, exact=True).items()}
+    runs["telea"] = _baseline_run(telea, batches)
+    runs["mean_fill"] = _baseline_run(mean_fill, batches)
+    results = {m: {"l1": r.summary()["l1_hole"], "psnr": r.summary()["psnr"]} for m, r in runs.items()}
+    calib = runs[f"psm_t{T}"].calib
     rho = {}
-    sigma_mean = []
-    for i in range(T):
-        s, e, o = np.concatenate(sig[i]), np.concatenate(err[i]), np.concatenate(opn[i])
-        rho[f"t{i + 1}"] = {"hole": spearman(s, e), "open": spearman(s[o], e[o]),
-                            "mean_sigma_hole": float(s.mean()) if s.size else None,
-                            "mean_abs_err_hole": float(e.mean()) if e.size else None}
-        sigma_mean.append(s)
+    for t in calib.iterations():
+        q = calib.spread_quality(t)
+        rho[f"t{t + 1}"] = {"hole": _none_if_nan(q["spearman_hole_px"]), "open": _none_if_nan(q["spearman_open"]),
+                            "mean_sigma_hole": _none_if_nan(q["mean_sigma_hole"]),
+                            "mean_abs_err_hole": _none_if_nan(q["mean_abs_err_hole"])}
     # One sigma scale for the whole spread figure: the 99th percentile over all held-out hole
     # pixels and iterations (the maximum would let one outlier wash the figure out).
-    all_sig = np.concatenate(sigma_mean) if sigma_mean else np.zeros(1)
+    all_sig = np.concatenate([calib.pixel_samples(t, "hole")[0] for t in calib.iterations()] or [np.zeros(1)])
     sigma_max = float(np.percentile(all_sig, 99)) if all_sig.size else 1.0
-    image_k, mask_k, traj_k, out_k = grids["spread"]
-    grids["spread"] = spread_strip(image_k, mask_k, traj_k, out_k, ground_truth=image_k, sigma_max=sigma_max)
-    report = {"methods": results, "num_images": seen, "seed": seed, "spearman_sigma_abs_error": rho,
+    grids = _figures(fns, variables, batches[0], seed, min(grid_images, len(batches[0]["image"])), sigma_max)
+    report = {"methods": results, "num_images": runs["telea"].num_images, "seed": seed,
+              "spearman_sigma_abs_error": rho, "uncertainty": uncertainty_report(calib),
               "sigma_scale_max": sigma_max, "telea_radius": TELEA_RADIUS, "spread_iters": T}
-    return report, grids
+    return report, grids, calib
+
+
+def _figures(fns, variables, batch, seed: int, k: int, sigma_max: float) -> dict[str, np.ndarray]:
+    """The spread strip of the T_max run and the method grid, on the first k held-out digits."""
+    T = max(PSM_ITERS)
+    image, mask = batch["image"], batch["mask"]
+    real = from_model_range(image[:k])
+    preds = {}
+    for t, fn in fns.items():
+        out = fn(variables, image, mask, jax.random.fold_in(jax.random.key(seed), 0))   # as batch 0 of run_spread
+        preds[f"psm_t{t}"] = from_model_range(np.where(mask > 0.5, image, np.asarray(out["image"])))[:k]
+        if t == T:
+            traj = jax.tree.map(lambda a: np.asarray(a)[:, :k], jax.device_get(out["trajectory"]))
+            strip = spread_strip(image[:k], mask[:k], traj, np.asarray(out["image"])[:k],
+                                 ground_truth=image[:k], sigma_max=sigma_max)
+    preds["telea"] = np.stack([telea(r, m) for r, m in zip(real, mask[:k])])
+    preds["mean_fill"] = np.stack([mean_fill(r, m) for r, m in zip(real, mask[:k])])
+    masked = np.where(mask[:k] > 0.5, real, 127).astype(np.uint8)
+    return {"spread": strip, "methods": method_grid({"input": masked, **preds, "ground truth": real})}
 
 
 def learning_curve(config, workdir: Path, *, num_images: int | None, seed: int, fns=None
                    ) -> list[dict[str, Any]]:
-    """Held-out hole L1 of G_ema at every checkpoint in ``workdir`` (T = 1 and T_test).
+    """Held-out hole L1 of G_ema at every checkpoint in ``workdir`` (T = 1 and T_test), with the
+    first iteration's pick ratio and Spearman on the open pixels (is sigma being learned?).
 
     ``fns``: compiled inpaint functions by T to reuse (compiling is most of a short eval)."""
-    from psm_jax import checkpoint as ckpt
-    from psm_jax.inpaint import load_run
-
     iters = sorted({1, max(PSM_ITERS)})
-    fns = fns or _psm_fns(config, iters, trajectory=False)
+    fns = {t: f for t, f in (fns or _psm_fns(config, iters, trajectory=True)).items() if t in iters}
+    batches = _eval_batches(config, num_images, seed)
     curve = []
     for step in sorted(ckpt.make_manager(workdir, async_save=False).all_steps()):
         _, variables = load_run(workdir, step)
-        l1 = hole_l1(config, variables, num_images=num_images, seed=seed, iters=iters, fns=fns)
-        curve.append({"step": int(step), "images": int(step) * int(config.batch_size), **l1})
+        runs = _psm_runs(fns, variables, batches, seed, exact=False)
+        point = {"step": int(step), "images": int(step) * int(config.batch_size),
+                 **{f"psm_t{t}": run.summary()["l1_hole"] for t, run in runs.items()}}
+        q = runs[max(iters)].calib.spread_quality(0)
+        point["pick_ratio_t1"] = _none_if_nan(q["pick_ratio"])
+        point["spearman_open_t1"] = _none_if_nan(q["spearman_open"])
+        curve.append(point)
     return curve
-
-
-def plot_learning_curve(curve: list[dict[str, Any]], baselines: dict[str, float], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    steps = [c["step"] for c in curve]
-    for key, style in (("psm_t1", "o-"), (f"psm_t{max(PSM_ITERS)}", "s-")):
-        if curve and key in curve[0]:
-            ax.plot(steps, [c[key] for c in curve], style, label=f"PSM {key[4:].upper()} (EMA)")
-    for name, value in baselines.items():
-        ax.axhline(value, linestyle="--", linewidth=1, color="grey" if name == "mean_fill" else "tab:red")
-        ax.text(steps[-1] if steps else 0, value, f" {name} {value:.1f}", va="bottom", ha="right", fontsize=8)
-    ax.set_xlabel("training step (batch 8)")
-    ax.set_ylabel("held-out hole L1 (0-255)")
-    ax.set_title("Learning curve on the held-out digits")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    # No metadata: the PNG must be byte-identical across runs (and matplotlib versions' tags).
-    fig.savefig(path, format="png", metadata={"Software": None})
-    plt.close(fig)
-
-
-def write_report(workdir: Path, report: dict[str, Any], grids: dict[str, np.ndarray]) -> None:
-    from psm_jax.visualize import save_grid
-
-    (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    save_grid(grids["spread"], workdir / "report_spread.png")
-    save_grid(grids["methods"], workdir / "report_methods.png")
-    baselines = {m: report["methods"][m]["l1"] for m in ("telea", "mean_fill")}
-    plot_learning_curve(report["learning_curve"], baselines, workdir / "report_learning_curve.png")
-    rows = "".join(f"<tr><td>{html.escape(m)}</td><td>{v['l1']:.2f}</td><td>{v['psnr']:.2f}</td></tr>"
-                   for m, v in report["methods"].items())
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    rho_rows = "".join(f"<tr><td>{t}</td><td>{fmt(v['hole'])}</td><td>{fmt(v['open'])}</td>"
-                       f"<td>{fmt(v['mean_sigma_hole'])}</td><td>{fmt(v['mean_abs_err_hole'])}</td></tr>"
-                       for t, v in report["spearman_sigma_abs_error"].items())
-    curve_rows = "".join("<tr>" + "".join(f"<td>{c[k]:.2f}</td>" if isinstance(c[k], float) else f"<td>{c[k]}</td>"
-                                          for k in c) + "</tr>" for c in report["learning_curve"])
-    curve_head = "".join(f"<th>{html.escape(k)}</th>" for k in (report["learning_curve"][0] if report["learning_curve"] else []))
-    T = report["spread_iters"]
-    d = report["data"]
-    method_cols = " | ".join(report["methods"])
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PSM demo report</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}td,th{{padding:3px 10px;text-align:right}}
-img{{image-rendering:pixelated;max-width:100%}}</style></head><body>
-<h1>PSM demo report</h1>
-<p>{report['num_images']} held-out digits (scikit-learn <code>load_digits()</code> records
-{d['eval'][0]}-{d['eval'][1] - 1}, {d['resolution']}x{d['resolution']}; trained on {d['train'][0]}-{d['train'][1] - 1}),
-fixed seeded MAT "{d['mask_kind']}" masks (seed {report['seed']}), EMA generator at step {report.get('step')}.
-L1: mean absolute error over hole pixels in [0, 255]. PSNR: whole image. Telea: OpenCV, radius {report['telea_radius']}.</p>
-<table><tr><th>method</th><th>hole L1 &darr;</th><th>PSNR &uarr;</th></tr>{rows}</table>
-<h2>Methods</h2>
-<p>Columns: input (hole grey) | {html.escape(method_cols)} | ground truth.</p>
-<img src="report_methods.png">
-<h2>Pixel spread at T = {T}</h2>
-<p>Columns: input (hole grey) | &mu; and &sigma; of each iteration | output | ground truth.
-&sigma; (in [-1, 1] units) on one fixed scale for the whole figure, [0, {report['sigma_scale_max']:.3g}]
-(the 99th percentile of &sigma; over all held-out hole pixels and iterations); colour bar on the right.</p>
-<img src="report_spread.png">
-<h2>Is the uncertainty learned?</h2>
-<p>Spearman's rank correlation between &sigma;<sub>t</sub> and |&mu;<sub>t</sub> &minus; ground truth| per iteration of
-the T = {T} spread, pooled over the held-out hole pixels ("hole": every pixel of the initial hole; "open": the pixels
-still unknown at the iteration's input, which the picker ranks by &sigma;).</p>
-<table><tr><th>iteration</th><th>&rho; hole</th><th>&rho; open</th><th>mean &sigma; (hole)</th><th>mean |err| (hole, [-1,1])</th></tr>{rho_rows}</table>
-<h2>Learning curve</h2>
-<p>Held-out hole L1 of the EMA generator at each checkpoint.</p>
-<img src="report_learning_curve.png">
-<table><tr>{curve_head}</tr>{curve_rows}</table>
-</body></html>"""
-    (workdir / "report.html").write_text(page)
-
-
-def print_table(report: dict[str, Any]) -> None:
-    print(f"\n{'method':<10} {'hole L1':>9} {'PSNR':>8}   ({report['num_images']} held-out digits)")
-    for m, v in report["methods"].items():
-        print(f"{m:<10} {v['l1']:>9.2f} {v['psnr']:>8.2f}")
-    rho = report["spearman_sigma_abs_error"]
-    fmt = lambda v: "n/a" if v is None else f"{v:+.3f}"  # noqa: E731
-    print("Spearman(sigma, |error|) on hole pixels, per iteration: "
-          + "  ".join(f"{t} {fmt(v['hole'])}" for t, v in rho.items()))
 
 
 # ----------------------------------------------------------------------------- main
@@ -322,20 +207,15 @@ def _cpu_seconds() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m psm_jax.demo", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m psm_jax.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="runs/demo")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file[:variant]")
     parser.add_argument("--steps", type=int, default=None, help="override config.total_steps")
-    parser.add_argument("--eval-images", type=int, default=None,
+    parser.add_argument("--eval_images", type=int, default=None,
                         help="held-out images (default: config.demo.eval_images; 0 = the whole split)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set spread.resample_committed=False (repeatable)")
     args = parser.parse_args(argv)
-
-    from psm_jax import checkpoint as ckpt
-    from psm_jax.config_lib import load_config
-    from psm_jax.inpaint import load_run
-    from psm_jax.train import TrainingDiverged, train_and_evaluate
 
     try:
         overrides = _parse_set(args.set)
@@ -384,13 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Evaluating on {num_images or 'all'} held-out images ...", flush=True)
     seed = config.demo.eval_seed
     fns = _psm_fns(run_config, PSM_ITERS, trajectory=True)   # compiled once, used by both
-    report, grids = evaluate(run_config, variables, num_images=num_images, seed=seed, fns=fns)
+    report, grids, calib = evaluate(run_config, variables, num_images=num_images, seed=seed, fns=fns)
     report["step"] = ckpt.latest_step(workdir)
     report["learning_curve"] = learning_curve(run_config, workdir, num_images=num_images, seed=seed, fns=fns)
     d = run_config.data
     report["data"] = {"source": d.source, "resolution": int(d.resolution), "mask_kind": d.eval_mask_kind,
                       "train": list(d.get("digits_train", (0, 0))), "eval": list(d.get("digits_eval", (0, 0)))}
-    write_report(workdir, report, grids)
+    write_report(workdir, report, grids, calib)
     timing["eval_wall_s"] = time.perf_counter() - t_eval
     timing["eval_cpu_s"] = _cpu_seconds() - cpu_eval
     timing["load_avg_end"] = list(os.getloadavg())

@@ -45,7 +45,7 @@ import optax
 
 from psm_jax import augment as ada
 from psm_jax import losses
-from psm_jax.models.generator import NUM_DOWN, make_apply_fn
+from psm_jax.models.generator import make_apply_fn
 from psm_jax.models.mapping import MappingNetwork
 from psm_jax.spread import pixel_spread
 
@@ -104,7 +104,7 @@ def update_w_avg(models: Models, g_params: Any, g_buffers: Any, key: jax.Array,
     if "mapping" not in g_buffers.get("buffers", {}):
         return g_buffers
     G = models.generator
-    mapping = MappingNetwork(G.z_dim, G.w_dim, 2 * NUM_DOWN + 2, num_layers=G.mapping_layers)
+    mapping = MappingNetwork(G.z_dim, G.w_dim, G.num_ws, num_layers=G.mapping_layers)
     z = jax.random.normal(key, (batch, G.z_dim))
     _, updated = mapping.apply({"params": g_params["mapping"],
                                 "buffers": g_buffers["buffers"]["mapping"]},

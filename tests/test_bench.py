@@ -44,7 +44,7 @@ def test_bad_arguments_are_one_line_errors():
 
 @pytest.mark.slow
 def test_demo_learning_scores_the_demo_eval_set():
-    r = _bench("demo_learning.py", "--model", "unet", "--kind", "tiles", "--steps", "10", "--eval-images", "16")
+    r = _bench("demo_learning.py", "--model", "unet", "--kind", "tiles", "--steps", "10", "--eval_images", "16")
     assert r.returncode == 0, r.stderr[-2000:]
     (row,) = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert {"model", "kind", "steps", "hole_l1", "telea", "mean_fill", "train_l1_last100", "img_per_s"} <= row.keys()

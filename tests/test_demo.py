@@ -24,8 +24,7 @@ from psm_jax.config_lib import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"psm_t1", "psm_t2", "psm_t4", "telea", "mean_fill"}
-REPORT_FILES = ("report.json", "report.html", "report_methods.png", "report_spread.png",
-                "report_learning_curve.png")
+from psm_jax.demo_report import REPORT_FILES
 
 
 def _demo(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -43,10 +42,18 @@ def _check_report_keys(report: dict, num_images: int, iters: int) -> None:
     assert set(rho) == {f"t{i}" for i in range(1, iters + 1)}
     for v in rho.values():
         assert set(v) >= {"hole", "open", "mean_sigma_hole", "mean_abs_err_hole"}
+    unc = report["uncertainty"]
+    assert set(unc) == {f"t{i}" for i in range(1, iters + 1)}
+    for t, v in unc.items():
+        assert set(v) >= {"spearman_open", "ause", "ause_rel", "pick_ratio", "refine_ratio", "open_mae"}
+        assert v["ause"] is not None and v["ause"] >= 0
+        assert v["spearman_open"] is None or -1 <= v["spearman_open"] <= 1
+        # Every open pixel is committed at the last iteration: its pick ratio is undefined.
+        assert (v["pick_ratio"] is None) == (t == f"t{iters}"), (t, v)
     curve = report["learning_curve"]
     assert curve and curve[-1]["step"] == report["step"]
     for point in curve:
-        assert set(point) >= {"step", "images", "psm_t1", f"psm_t{iters}"}
+        assert set(point) >= {"step", "images", "psm_t1", f"psm_t{iters}", "pick_ratio_t1", "spearman_open_t1"}
     # The last curve point is the reported model.
     assert curve[-1]["psm_t1"] == pytest.approx(report["methods"]["psm_t1"]["l1"])
     assert report["data"]["source"] == "digits"
@@ -56,7 +63,7 @@ def _check_report_keys(report: dict, num_images: int, iters: int) -> None:
 def smoke(tmp_path_factory):
     """The real demo config at 1/20 of its length, scored on 16 held-out digits: (workdir, args, run)."""
     config = load_config(str(REPO / "configs" / "demo.py"))
-    args = ("--steps", str(max(1, config.total_steps // 20)), "--eval-images", "16")
+    args = ("--steps", str(max(1, config.total_steps // 20)), "--eval_images", "16")
     w = tmp_path_factory.mktemp("smoke") / "demo"
     r = _demo(w, *args)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -71,7 +78,8 @@ def test_demo_smoke_writes_full_report(smoke):
     for name in REPORT_FILES:
         assert (w / name).stat().st_size > 0, name
     html = (w / "report.html").read_text()
-    assert "report_spread.png" in html and "report_learning_curve.png" in html
+    for name in REPORT_FILES[2:]:
+        assert name in html, name
     assert "Report:" in r.stdout
     # A second run reuses the finished run instead of training again.
     r2 = _demo(w, *args)

@@ -125,11 +125,12 @@ def run_spread(inpaint_fn: Callable, variables: Any, batches: Iterable[dict[str,
         if traj is not None:
             # Padding rows get mask 1 (no hole), so they add nothing to the calibration sums.
             calib_mask = jnp.asarray(np.where(np.arange(size)[:, None, None, None] < n, mask_p, 1.0))
-            means, log_vars = traj["mean"], traj["log_var"]
+            means, log_vars, masks = traj["mean"], traj["log_var"], traj["mask"]
             for t in range(means.shape[0]):
                 stats = calibration.batch_statistics(
                     jnp.asarray(image_p), means[t], log_vars[t], calib_mask,
-                    jax.random.fold_in(jax.random.fold_in(calib_key, b), t), calib_samples)
+                    jax.random.fold_in(jax.random.fold_in(calib_key, b), t), calib_samples,
+                    mask_in=calib_mask if t == 0 else masks[t - 1], mask_out=masks[t], mean_first=means[0])
                 run.calib.add(t, stats)
         run.num_images += n
         if progress is not None:

@@ -10,7 +10,8 @@ variance of every pixel (the decoupled probabilistic modelling of Sec. 3.1.1):
 Encoder (Supp. A): ``EncFromRGB`` (1x1 + 3x3 lrelu convs) to ``channel_base`` = 64 channels at
 H, then one residual block of two 3x3 convs per downsampling (``ConvBlockDown`` as the main path,
 a 1x1 down-2 conv as the skip, summed with gain sqrt(1/2) as in StyleGAN2's residual D blocks),
-doubling the channels up to ``channel_max`` = 512, down to H/32. At the attention scales
+doubling the channels up to ``channel_max`` = 512, down to H/32 (``num_down`` = 5 downsamplings,
+Supp. A's H/32; a small-image config may use fewer, so that its bottleneck is not 1x1). At the attention scales
 (``attention_downsample``, default H/16 and H/32) an "early convolutional block" (a residual pair
 of 3x3 convs, after "Early convolutions help transformers see better") precedes
 ``attention_depth`` uncertainty-guided attention blocks (``attention.py``). Every scale's output is
@@ -19,21 +20,32 @@ kept as the U-Net skip ``E_features[log2 res]``.
 Style (Supp. A, as MAT combines them, notes sec. 9): a global code ``gs = ToStyle(feature at
 H/32)`` (``global_style_down`` = 3 stride-2 convs, H/32 -> H/256, global mean, FC to
 ``global_style_dim``), concatenated after each row ``w_i`` of an 8-layer mapping network on
-Gaussian ``z``. **Clamp:** the H/32 map is only H/32 pixels wide, so ToStyle uses
-``min(global_style_down, log2(resolution) - 5)`` downsamplings (3 at 512 and 256, 0 for a 32x32
-tiny config, where the global mean of the 1x1 map is taken directly).
+Gaussian ``z``. **Clamp:** the bottleneck map is only H/2^num_down pixels wide, so ToStyle uses
+``min(global_style_down, log2(resolution) - num_down)`` downsamplings (3 at 512 and 256, 0 for a
+32x32 config at num_down = 5, where the global mean of the 1x1 map is taken directly).
 
 Decoder (Sec. 4.2, symmetric): ``DecBlockFirstV2`` at H/32 (conv + U-Net skip + StyleConv +
 ToRGB), then ``DecBlock`` at H/16 ... H (StyleConv up-2, + U-Net skip, StyleConv, ToRGB skip).
 The same early block + attention follow the decoder blocks at the attention scales. The ws rows
-follow MAT (``first_res`` = log2(H/32)), so there are always 12 style rows.
+follow MAT (``first_res`` = log2(H / 2^num_down)), so there are 2 num_down + 2 style rows (12).
 
 Output heads: the ToRGB layers have **6 channels** (mean 3 + log variance 3) and share the
 upsampled skip chain, so both heads get the multi-scale ToRGB sum; this is the cheapest reading
-of "the output contains 6 channels". The mean is used as is (no tanh, as MAT). The log variance
-is soft-clamped to ``[log_var_min, log_var_max]`` (``soft_clamp``, nested softplus): about the
-identity in the middle, saturating smoothly, so the NLL can never push sigma to 0 or infinity and
-the gradient only vanishes where float32 saturates.
+of "the output contains 6 channels". The mean is used as is (no tanh, as MAT). Two fields change
+how the log variance is made (docs/FIDELITY.md):
+
+* ``var_head = "conv"`` adds a small conv head on the full-resolution decoder feature and the
+  predicted mean (``VarianceHead``), whose output is added to the ToRGB log variance. Its last
+  layer starts at zero, so at init the log variance is the ToRGB one.
+* ``var_stop_grad = True`` lets the NLL train only the variance's own weights: the log-variance
+  channels of every ToRGB, and the head, read the shared features through a stop-gradient, so the
+  Gaussian term cannot pull the shared trunk away from the mean (the paper's sg[mu] of Eq. 1 carried
+  through the shared layers).
+
+The log variance is then scaled by ``var_gain`` (the mean by ``output_gain``) and soft-clamped to
+``[log_var_min, log_var_max]`` (``soft_clamp``, nested softplus): about the identity in the
+middle, saturating smoothly, so the NLL can never push sigma to 0 or infinity and the gradient
+only vanishes where float32 saturates.
 
 Not taken from MAT: its random 16x16 dropout mix of the feature with the w code (notes sec. 12)
 and its first-stage transformer; neither is in the PSM paper. The mapping network's ``w_avg``
@@ -58,7 +70,8 @@ from psm_jax.models.mapping import MappingNetwork
 from psm_jax.models.mat_blocks import (ConvBlockDown, DecBlock, DecBlockFirstV2, EncFromRGB, ToStyle)
 
 Array = jnp.ndarray
-NUM_DOWN = 5          # H -> H/32 (Supp. A)
+NUM_DOWN = 5          # H -> H/32 (Supp. A): the default of Generator.num_down
+VAR_HEADS = ("torgb", "conv")
 IN_CHANNELS = 7       # x (3), m_0, m_{t-1}, u_{t-1}, t
 OUT_CHANNELS = 6      # mean (3), log variance (3)
 
@@ -96,10 +109,29 @@ class ResBlock(nn.Module):
         return (main + skip) * math.sqrt(0.5)
 
 
+def num_style_rows(num_down: int) -> int:
+    """The mapping network's ws rows for a U-Net with ``num_down`` downsamplings (12 at 5)."""
+    return 2 * num_down + 2
+
+
+class VarianceHead(nn.Module):
+    """The ``var_head = "conv"`` log-variance head: two 3x3 lrelu convs and a 1x1 linear conv to
+    3 channels, on the full-resolution decoder feature concatenated with the predicted mean."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x_NHWC: Array) -> Array:
+        x_NHWC = Conv2dLayer(self.features, 3, activation="lrelu", name="conv0")(x_NHWC)
+        x_NHWC = Conv2dLayer(self.features, 3, activation="lrelu", name="conv1")(x_NHWC)
+        return Conv2dLayer(3, 1, name="out")(x_NHWC)
+
+
 class Generator(nn.Module):
     """PSM generator. Every field is a key of ``config.model`` (``Generator(**config.model)``)."""
 
     resolution: int = 512                          # training resolution (noise_const size, style clamp)
+    num_down: int = NUM_DOWN                       # downsamplings: H -> H / 2**num_down (Supp. A: H/32)
     channel_base: int = 64                         # channels at full resolution (Supp. A: 64)
     channel_max: int = 512                         # channel cap (Supp. A: 512)
     z_dim: int = 512                               # latent z (Gaussian)
@@ -120,14 +152,19 @@ class Generator(nn.Module):
     # training cannot teach the network to ignore a random modulation (at init the output
     # varies ~9x more with z than with the image).
     use_latent: bool = True
+    # The log variance: the 6-channel ToRGB sum ("torgb", Supp. A's "6 channels") or that plus a
+    # small conv head on the full-resolution feature and the mean ("conv"; VarianceHead).
+    var_head: str = "torgb"
+    var_head_channels: int = 32                    # hidden width of the "conv" head
+    # True: the NLL reaches only the variance's own weights (ToRGB log-variance rows, the head).
+    var_stop_grad: bool = False
     log_var_min: float = -12.0                     # soft clamp of the log variance (sigma >= 0.0025)
     log_var_max: float = 4.0                       # (sigma <= 7.4, i.e. beyond the [-1,1] range)
-    # Gain on the summed ToRGB output (both heads). MAT uses 1.0; its decoder then starts with an
-    # output std of ~4 (six ToRGB scales plus U-Net skips add up), so the initial log variance is
-    # spread over about +-7 and sits on the soft clamp for many pixels, where the NLL gradient of
-    # a tiny sigma (~err^2 / sigma^2) is huge and the clamped one is ~0. A short run (the CPU
-    # demo) starts near mean 0 / sigma 1 with 0.1 instead.
+    # Gains on the summed ToRGB output: the mean channels (output_gain) and the log variance
+    # (var_gain). MAT's is 1.0; its decoder starts with an output std of ~4, which puts much of
+    # the initial log variance on the soft clamp, where the NLL gradient is ~0.
     output_gain: float = 1.0
+    var_gain: float = 1.0
     # Supp. A feeds the time step as the 7th input channel. False feeds a constant 0 there, so the
     # network cannot condition on t: the CPU demo trains with T = 2 (t = 0, 1/2) and tests with
     # T = 4 (t = 0, 1/4, 1/2, 3/4); a few minutes of training do not teach it to interpolate in
@@ -138,15 +175,29 @@ class Generator(nn.Module):
         """Channels at H / 2**down: 64, 128, 256, 512, 512, 512."""
         return min(self.channel_base * 2**down, self.channel_max)
 
+    @property
+    def multiple(self) -> int:
+        """Image height and width must be multiples of this (2**num_down)."""
+        return 2**self.num_down
+
+    @property
+    def num_ws(self) -> int:
+        """Style rows of the mapping network (MAT: 2 per decoder resolution, first_res = log2(H/2^num_down))."""
+        return num_style_rows(self.num_down)
+
     def _check(self, h: int, w: int) -> None:
-        if h % 2**NUM_DOWN or w % 2**NUM_DOWN:
-            raise ValueError(f"Generator: image size {h}x{w} must be divisible by {2**NUM_DOWN}")
-        if self.resolution % 2**NUM_DOWN or self.resolution & (self.resolution - 1):
-            raise ValueError(f"Generator: resolution {self.resolution} must be a power of 2 >= 32")
-        bad = [f for f in self.attention_downsample if f not in (2**k for k in range(NUM_DOWN + 1))]
+        if not isinstance(self.num_down, int) or self.num_down < 1:
+            raise ValueError(f"Generator: num_down {self.num_down!r} must be an integer >= 1")
+        if h % self.multiple or w % self.multiple:
+            raise ValueError(f"Generator: image size {h}x{w} must be divisible by {self.multiple}")
+        if self.resolution % self.multiple or self.resolution & (self.resolution - 1):
+            raise ValueError(f"Generator: resolution {self.resolution} must be a power of 2 >= {self.multiple}")
+        bad = [f for f in self.attention_downsample if f not in (2**k for k in range(self.num_down + 1))]
         if bad:
             raise ValueError(f"Generator: attention_downsample {tuple(self.attention_downsample)} must be "
-                             f"powers of 2 up to {2**NUM_DOWN}")
+                             f"powers of 2 up to {self.multiple}")
+        if self.var_head not in VAR_HEADS:
+            raise ValueError(f"Generator: var_head {self.var_head!r} must be one of {VAR_HEADS}")
 
     def _attention(self, name: str, x_NHWC: Array, u_BHW1: Array, down: int) -> Array:
         """Early conv block + attention blocks, if H / 2**down is an attention scale."""
@@ -178,12 +229,13 @@ class Generator(nn.Module):
         in_BHW7 = jnp.concatenate(
             [x, m0.astype(dtype) - 0.5, m.astype(dtype) - 0.5, u.astype(dtype) - 0.5, t_BHW1], -1)
 
-        # ---- encoder: H -> H/32, keeping each scale's features for the U-Net skips.
+        # ---- encoder: H -> H / 2**num_down, keeping each scale's features for the U-Net skips.
+        nd = self.num_down
         top = int(math.log2(self.resolution))           # log2 of the training resolution
-        first_res = top - NUM_DOWN                        # decoder's first block, MAT's `res` index
+        first_res = top - nd                              # decoder's first block, MAT's `res` index
         feat = EncFromRGB(self.channels(0), name="enc_from_rgb")(in_BHW7)
         skips = {top: feat}
-        for d in range(1, NUM_DOWN + 1):
+        for d in range(1, nd + 1):
             feat = ResBlock(self.channels(d), name=f"enc_res{d}")(feat)
             feat = self._attention("enc", feat, u, d)
             skips[top - d] = feat
@@ -194,7 +246,7 @@ class Generator(nn.Module):
         if z is None:
             z = (jax.random.normal(self.make_rng("latent"), (b, self.z_dim), dtype)
                  if self.use_latent else jnp.zeros((b, self.z_dim), dtype))
-        num_ws = 2 * NUM_DOWN + 2
+        num_ws = self.num_ws
         mapping = MappingNetwork(self.z_dim, self.w_dim, num_ws, num_layers=self.mapping_layers,
                                  name="mapping")
         ws_BNW = mapping(z, update_w_avg=train).astype(dtype)
@@ -206,20 +258,30 @@ class Generator(nn.Module):
             cutoff = jnp.where(jax.random.uniform(k_coin) < style_mixing_prob, cutoff, num_ws)
             ws_BNW = jnp.where((jnp.arange(num_ws) >= cutoff)[None, :, None], ws2_BNW, ws_BNW)
 
-        # ---- decoder: H/32 -> H, StyleGAN2 blocks with ToRGB skips (6 channels).
-        dec = dict(img_channels=OUT_CHANNELS, use_noise=self.use_noise, first_res=first_res)
-        feat, img = DecBlockFirstV2(self.channels(NUM_DOWN), res=first_res, name="dec_first", **dec)(
+        # ---- decoder: H / 2**num_down -> H, StyleGAN2 blocks with ToRGB skips (6 channels).
+        # With var_stop_grad the ToRGBs' log-variance channels read the features through a stop-gradient.
+        dec = dict(img_channels=OUT_CHANNELS, use_noise=self.use_noise, first_res=first_res,
+                   rgb_grad_channels=3 if self.var_stop_grad else None)
+        feat, img = DecBlockFirstV2(self.channels(nd), res=first_res, name="dec_first", **dec)(
             feat, ws_BNW, gs_BG, skips, noise_mode)
-        feat = self._attention("dec", feat, u, NUM_DOWN)
-        for d in range(NUM_DOWN - 1, -1, -1):
+        feat = self._attention("dec", feat, u, nd)
+        for d in range(nd - 1, -1, -1):
             feat, img = DecBlock(self.channels(d), res=top - d, name=f"dec_res{d}", **dec)(
                 feat, img, ws_BNW, gs_BG, skips, noise_mode)
             feat = self._attention("dec", feat, u, d)
 
-        if self.output_gain != 1.0:
-            img = img * jnp.asarray(self.output_gain, img.dtype)
         mean_BHW3 = img[..., :3]
-        log_var_BHW3 = soft_clamp(img[..., 3:], self.log_var_min, self.log_var_max)
+        if self.output_gain != 1.0:
+            mean_BHW3 = mean_BHW3 * jnp.asarray(self.output_gain, img.dtype)
+        raw_BHW3 = img[..., 3:]
+        if self.var_head == "conv":
+            head_in = jnp.concatenate([feat, mean_BHW3], -1)
+            if self.var_stop_grad:
+                head_in = jax.lax.stop_gradient(head_in)
+            raw_BHW3 = raw_BHW3 + VarianceHead(self.var_head_channels, name="var_head")(head_in)
+        if self.var_gain != 1.0:
+            raw_BHW3 = raw_BHW3 * jnp.asarray(self.var_gain, img.dtype)
+        log_var_BHW3 = soft_clamp(raw_BHW3, self.log_var_min, self.log_var_max)
         return mean_BHW3, log_var_BHW3
 
 

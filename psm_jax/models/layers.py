@@ -249,17 +249,24 @@ class ToRGB(nn.Module):
     """Modulated 1x1 conv without demodulation + bias (linear) + optional skip image.
 
     `__call__(x_NHWC, style_BD, skip=None)`: a skip at half the output size is FIR-upsampled x2 before adding.
+    ``grad_channels = k``: only the first k output channels pass gradients to ``x`` and ``style``; the
+    others see both through a stop-gradient (same values; their own weights still learn).
     """
 
     features: int = 3
     kernel_size: int = 1
     conv_clamp: float | None = None
     impl: ModConvImpl = DEFAULT_MODCONV_IMPL
+    grad_channels: int | None = None
 
     @nn.compact
     def __call__(self, x_NHWC: Array, style_BD: Array, skip: Array | None = None) -> Array:
-        y_NHWC = ModulatedConv2d(self.features, self.kernel_size, demodulate=False, impl=self.impl,
-                                 name="conv")(x_NHWC, style_BD)
+        conv = ModulatedConv2d(self.features, self.kernel_size, demodulate=False, impl=self.impl, name="conv")
+        y_NHWC = conv(x_NHWC, style_BD)
+        if self.grad_channels is not None:
+            k = self.grad_channels
+            y_sg = conv(jax.lax.stop_gradient(x_NHWC), jax.lax.stop_gradient(style_BD))
+            y_NHWC = jnp.concatenate([y_NHWC[..., :k], y_sg[..., k:]], axis=-1)
         b = self.param("bias", nn.initializers.zeros, (self.features,))
         y_NHWC = bias_act(y_NHWC, b, "linear", clamp=self.conv_clamp)
         if skip is not None:

@@ -86,13 +86,14 @@ class _StyledDecoder(nn.Module):
     use_noise: bool = True
     demodulate: bool = True
     impl: ModConvImpl = DEFAULT_MODCONV_IMPL  # modulated conv implementation, see layers.py
+    rgb_grad_channels: int | None = None  # ToRGB.grad_channels (PSM's var_stop_grad; None in MAT)
 
     def style_conv(self, name: str, up: int = 1) -> StyleConv:
         return StyleConv(self.features, 3, resolution=2 ** self.res, up=up, use_noise=self.use_noise,
                          activation=self.activation, demodulate=self.demodulate, impl=self.impl, name=name)
 
     def to_rgb(self) -> ToRGB:
-        return ToRGB(self.img_channels, impl=self.impl, name="toRGB")
+        return ToRGB(self.img_channels, impl=self.impl, grad_channels=self.rgb_grad_channels, name="toRGB")
 
 
 class DecBlockFirstV2(_StyledDecoder):
