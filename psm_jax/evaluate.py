@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except checkpoint.CheckpointReadError as e:
-        return cli.error(f"--workdir {e}", last_words=True)
+        raise SystemExit(cli.error(f"--workdir {e}", last_words=True)) from None
     except cli.INPUT_ERRORS as e:
-        return cli.error(str(e))
+        cli.fail(str(e))
 
 
 def _weights(load, flag: str, path: str, **kw):

@@ -52,16 +52,20 @@ def count_skipped(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return batch
 
 
-def _why(element: dict[str, Any]) -> str:
-    return str(element.get(CORRUPT_REASON) or "unreadable")
+def _why(element: dict[str, Any] | None) -> str:
+    return str((element or {}).get(CORRUPT_REASON) or "unreadable")
 
 
-def _report(count: int, last: list[dict[str, Any]], where: str) -> None:
-    """One warning for a run of ``count`` skipped records (``last``: the last few of them)."""
+_NAMED = 20   # files named in one warning
+
+
+def _report(count: int, names: dict[str, None], last: dict[str, Any] | None, where: str) -> None:
+    """One warning for a run of ``count`` skipped records (``names``: its distinct files, in order)."""
     if count:
-        names = ", ".join(str(e[CORRUPT]) for e in last)
-        log.warning("skipped %d unreadable record(s) %s: %s%s (%s)", count, where,
-                    "... " if count > len(last) else "", names, _why(last[-1]))
+        shown = list(names)[:_NAMED]
+        more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
+        log.warning("skipped %d unreadable record(s) %s: %s%s (%s)", count, where, ", ".join(shown), more,
+                    _why(last))
 
 
 class _DropCorruptIterDataset(grain.IterDataset):
@@ -82,22 +86,24 @@ class _DropCorruptIterator(grain.DatasetIterator):
         self._max_consecutive = max_consecutive
 
     def __next__(self) -> dict[str, Any]:
-        count, last = 0, []          # the unreadable records before the next good one; the last 3 of them
+        # The unreadable records before the next good one: their number, distinct names, the last 3.
+        count, names, last = 0, {}, []
         while True:
             try:
                 element = next(self._parent)
             except StopIteration:
-                _report(count, last, "at the end of the data")
+                _report(count, names, last[-1] if last else None, "at the end of the data")
                 raise
             if CORRUPT not in element:
                 break
             count, last = count + 1, [*last[-2:], element]
+            names.setdefault(str(element[CORRUPT]), None)
             if count > self._max_consecutive:
                 raise CorruptDataError(
                     f"{count} unreadable training records in a row (config.data.max_consecutive_corrupt="
                     f"{self._max_consecutive}; the last could not be decoded: {_why(element)}); the last: "
                     f"{', '.join(str(e[CORRUPT]) for e in last)}")
-        _report(count, last, f"before record {int(element['index'])}")
+        _report(count, names, last[-1] if last else None, f"before record {int(element['index'])}")
         element["skipped"] = np.int32(count)
         return element
 

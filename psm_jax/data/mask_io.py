@@ -147,14 +147,20 @@ def _match(
             return f"masks {by_key[k].name} and {p.name} share the {what} {k!r}"
         by_key[k] = p
     seen: set = set()
-    pairs = []
+    pairs, lonely = [], []
     for p, k in zip(images, image_keys):
         if k in seen:
             return f"two images share the {what} {k!r} (e.g. {p.name})"
         seen.add(k)
-        if k not in by_key:
-            return f"image {p} has no mask with the same {what}"
-        pairs.append((p, by_key[k]))
+        if k in by_key:
+            pairs.append((p, by_key[k]))
+        else:
+            lonely.append(p)
+    if lonely:
+        spare = [m.name for m, k in zip(masks, mask_keys) if k not in seen]
+        return (f"image {lonely[0]} has no mask with the same {what}"
+                + (f" ({len(lonely)} images in all)" if len(lonely) > 1 else "")
+                + (f", masks without an image: {', '.join(spare[:5])}" if spare else ""))
     return pairs
 
 
