@@ -137,14 +137,8 @@ def _json_default(x: Any) -> Any:
 
 
 def _check_out(out: Path) -> None:
-    """The artifact and its sidecar can be written: ``out`` is not a folder and its folder can be made."""
-    if out.is_dir():
-        raise ValueError(f"--out {out}: is a folder; expected an artifact file name, e.g. {out / 'psm.jaxexport'}")
-    for d in out.parents:
-        if d.exists():
-            if not d.is_dir():
-                raise ValueError(f"--out {out}: cannot be created: {d} is a file")
-            break
+    """The artifact and its sidecar can be written (before the weights are loaded)."""
+    cli.check_output(out, "--out", folder=False)
     if sidecar_path(out).is_dir():
         raise ValueError(f"--out {out}: its sidecar {sidecar_path(out)} is a folder")
 

@@ -7,7 +7,7 @@ one, ``{corrupt}`` a folder holding only corrupt images, ``{file}`` an ordinary 
 config file that raises on import, ``{sweeps}`` a config file whose sweeps name their runs badly,
 ``{typo}`` one whose sweep misspells an override, ``{images}``/``{masks}`` a good image and its mask,
 ``{shell}`` a workdir with an empty checkpoints folder, ``{damaged}`` a workdir whose step 3 is damaged,
-``{objnpz}`` an .npz holding a pickled object.
+``{objnpz}`` an .npz holding a pickled object, ``{sweepdir}`` a sweep folder with an empty sweep.json.
 """
 from __future__ import annotations
 
@@ -122,6 +122,10 @@ CASES = {
     "make_masks_negative_resolution": (["-m", "psm_jax.data.make_masks", "--num", "2", "--resolution", "-8",
                                         "--out", "{tmp}/m"], "resolution", "{tmp}/m"),
     "make_masks_out_is_a_file": (["-m", "psm_jax.data.make_masks", "--num", "2", "--out", "{file}"], "file", None),
+    "make_masks_out_under_a_file": (["-m", "psm_jax.data.make_masks", "--num", "2", "--out", "{file}/m"],
+                                    "is a file", None),
+    "build_tfds_out_is_a_file": (["-m", "psm_jax.data.build_tfds", "--images", "{images}", "--out", "{file}",
+                                  "--name", "x"], "expected a folder", None),
     "build_tfds_missing_images": (["-m", "psm_jax.data.build_tfds", "--images", "{tmp}/none", "--out",
                                    "{tmp}/t", "--name", "x"], "none", "{tmp}/t"),
     "build_tfds_only_corrupt_images": (["-m", "psm_jax.data.build_tfds", "--images", "{corrupt}", "--out",
@@ -144,6 +148,7 @@ CASES = {
     "sweep_root_is_a_file": (["-m", "launch.sweep", "configs/psm.py:smoke", "--workdir_root", "{file}"],
                              "not a directory", None),
     "collect_missing_dir": (["-m", "launch.collect", "{tmp}/none"], "none", "{tmp}/none"),
+    "collect_out_is_a_folder": (["-m", "launch.collect", "{sweepdir}", "--out", "{empty}"], "is a folder", None),
     "collect_no_sweep_json": (["-m", "launch.collect", "{empty}"], "sweep.json", "{empty}/results.md"),
     # ---- evaluation and converters
     "evaluate_missing_workdir": (["-m", "psm_jax.evaluate", "--workdir", "{tmp}/none", "--images", "{corrupt}",
@@ -225,6 +230,8 @@ def places(tmp_path_factory):
     (step / "meta" / "metadata").write_bytes(b"\xb3\x9d garbage \xff" * 8)
     (step / "state" / "_METADATA").write_bytes(b"\xb3\x9d garbage \xff" * 8)
     np.savez(root / "objects.npz", a=np.array([{"x": 1}], dtype=object))
+    (root / "sweepdir").mkdir()
+    (root / "sweepdir" / "sweep.json").write_text(json.dumps({"sweep": "s", "config": "c", "runs": []}))
     return root
 
 
@@ -232,7 +239,7 @@ def _fmt(text: str, places: Path, tmp: Path) -> str:
     return text.format(tmp=tmp, empty=places / "empty", corrupt=places / "corrupt", file=places / "file",
                        badconfig=places / "badconfig.py", sweeps=places / "sweeps.py", typo=places / "typo.py",
                        images=places / "images", masks=places / "masks", shell=places / "shell",
-                       damaged=places / "damaged", objnpz=places / "objects.npz")
+                       damaged=places / "damaged", objnpz=places / "objects.npz", sweepdir=places / "sweepdir")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -129,7 +129,7 @@ def build(images: str | Path, out: str | Path, name: str, *, eval_images: str | 
         if not any(transforms.try_decode_image(f.read_bytes())[0] is not None for f in files):
             raise ValueError(f"image folder {str(folder)!r} ({split} split): no image could be decoded (every "
                              "file is corrupt or not an image)")
-    out = Path(out)
+    out = cli.check_output(out, "--out", folder=True)
     if (out / name).exists() and any((out / name).iterdir()):
         raise ValueError(f"--out {str(out)!r} already holds a dataset {name!r}; remove {str(out / name)!r} first")
 

@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.rng == "legacy" and args.workers > 1:
         return _fail("--rng legacy is one sequential stream; use --workers 1")
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        return _fail(f"--out {out} exists and is not a directory")
+    try:
+        cli.check_output(out, "--out", folder=True)
+    except ValueError as e:
+        return _fail(str(e))
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         return _fail(f"--out {out} is not empty; pass --overwrite to write into it")
     try:

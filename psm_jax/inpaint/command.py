@@ -60,16 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _out_target(images_arg: Path, out_arg: Path) -> bool:
-    """Whether ``--out`` names one output file (a single input image and an image suffix); checks that the
-    folder (or the file's folder) can be created, before anything is computed."""
+    """Whether ``--out`` names one output file (a single input image and an image suffix); checks that it (or
+    the folder) can be written, before anything is computed."""
     single = images_arg.is_file() and out_arg.suffix.lower() in IMAGE_EXTENSIONS and not out_arg.is_dir()
-    folder = out_arg.parent if single else out_arg
-    for d in (folder, *folder.parents):
-        if d.exists():
-            if not d.is_dir():
-                what = "is a file; expected a folder" if d == out_arg else f"cannot be created: {d} is a file"
-                raise InputError(f"--out {out_arg}: {what}")
-            break
+    try:
+        cli.check_output(out_arg, "--out", folder=not single)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     return single
 
 
