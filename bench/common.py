@@ -11,7 +11,6 @@ measurement) so a figure taken while other jobs ran can be told apart from a cle
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -22,24 +21,23 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py` from anywhere
+from psm_jax import cli  # noqa: E402  (after the path fix above)
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
 RESULTS_DIR = REPO / "bench" / "results"  # machine-specific outputs (peak.py); git-ignored
 
 
+# Every bench script takes its flags the way every psm_jax command does (one ``error:`` line, exit 2).
+ArgumentParser = cli.ArgumentParser
+
+
 def fail(script: str, message: str) -> None:
-    """Bad CLI input: one line on stderr, exit code 2 (no traceback)."""
-    print(f"{script}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr and exit code 2 (``fail``), without the usage block."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        fail(self.prog, message)
+    """Bad CLI input: ``error: SCRIPT: message`` on one line of stderr, exit code 2 (no traceback)."""
+    cli.fail(f"{script}: {message}")
 
 
 def load1() -> float | None:
@@ -53,8 +51,6 @@ def load1() -> float | None:
 def device_name() -> str:
     """``device_kind`` of the default JAX device ("NVIDIA H100 80GB HBM3", "TPU v5 lite"); on CPU, where that is
     just "cpu", the CPU model and core count ("cpu AMD EPYC x2")."""
-    import jax
-
     dev = jax.devices()[0]
     if dev.platform != "cpu":
         return dev.device_kind
@@ -71,8 +67,6 @@ def device_name() -> str:
 
 def device_info() -> dict[str, Any]:
     """Device name (``device_name``) and platform of the default JAX backend, device count, JAX version."""
-    import jax
-
     return {"device": device_name(), "platform": jax.devices()[0].platform, "num_devices": jax.device_count(),
             "jax": jax.__version__}
 
@@ -87,8 +81,6 @@ def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 3, warmup: int = 
     process's CPU time per timed call (all threads): on a machine shared with other jobs it is much less
     inflated than wall time, and wall time on an idle machine with C cores is at least cpu_s / C.
     """
-    import jax
-
     load_before = load1()
     call = (lambda i: fn(*args_fn(i))) if args_fn is not None else (lambda i: fn(*args))
     for i in range(warmup):

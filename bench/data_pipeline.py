@@ -83,7 +83,7 @@ def main() -> None:
     parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolutions", default="256,512")
     parser.add_argument("--workers", default="0,2")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--num_images", type=int, default=64)
     parser.add_argument("--skip_masks", action="store_true", help="do not run bench/masks.py")
@@ -100,7 +100,7 @@ def main() -> None:
         folder = write_jpeg_folder(Path(tmp) / "images", args.num_images)
         for res in resolutions:
             for w in workers:
-                rows.append(bench_pipeline(folder, res, w, args.batch, args.seconds))
+                rows.append(bench_pipeline(folder, res, w, args.batch_size, args.seconds))
                 common.emit(rows[-1])
     if args.markdown:
         common.update_markdown("data_pipeline", rows, key=("device", "resolution", "workers", "batch"),

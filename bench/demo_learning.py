@@ -15,7 +15,7 @@ and masks (configs/demo.py:synthetic, the earlier synthetic demo), then scores t
 
 One JSON line: hole L1 (0-255) of the model, Telea and mean fill, the mean training L1 of the
 last 100 steps ([-1, 1] units), training images per second (after compilation) and the training
-wall time. Minutes on a 2-core CPU at the defaults; `--steps 10 --eval_images 16` is a smoke run.
+wall time. Minutes on a 2-core CPU at the defaults; `--steps 10 --num_eval_images 16` is a smoke run.
 """
 from __future__ import annotations
 
@@ -100,16 +100,16 @@ def main(argv: list[str]) -> None:
     p.add_argument("--model", choices=("unet", "generator"), default="unet")
     p.add_argument("--kind", choices=synthetic.KINDS, default="layered", help="config.data.synthetic_kind")
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--nll-weight", type=float, default=0.0, help="generator only: + w * hole NLL")
+    p.add_argument("--nll_weight", type=float, default=0.0, help="generator only: + w * hole NLL")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval_images", type=int, default=0, help="0 = the demo's (config.demo.eval_images, 64)")
+    p.add_argument("--num_eval_images", type=int, default=0, help="0 = the demo's (config.demo.eval_images, 64)")
     args = p.parse_args(argv)
-    if (args.steps < 2 or args.batch < 1 or args.lr <= 0 or args.eval_images < 0
+    if (args.steps < 2 or args.batch_size < 1 or args.lr <= 0 or args.num_eval_images < 0
             or (args.nll_weight and args.model == "unet")):
-        common.fail("bench/demo_learning.py", "expected --steps >= 2, --batch >= 1, --lr > 0, --eval_images >= 0, "
-                                              "and --nll-weight only with --model generator")
+        common.fail("bench/demo_learning.py", "expected --steps >= 2, --batch_size >= 1, --lr > 0, "
+                    "--num_eval_images >= 0, and --nll_weight only with --model generator")
     config = load_config("configs/demo.py:synthetic", {"data.synthetic_kind": args.kind})
     init, apply = make_model(args.model, config)
     variables = init(jax.random.key(args.seed))
@@ -132,7 +132,7 @@ def main(argv: list[str]) -> None:
         return optax.apply_updates(params, updates), opt, l1
 
     opt = tx.init(params)
-    it = pipeline.make_train_iterator(config.data, global_batch_size=args.batch, seed=args.seed)
+    it = pipeline.make_train_iterator(config.data, global_batch_size=args.batch_size, seed=args.seed)
     l1s = []
     for i in range(args.steps):
         if i == 1:  # time from the second step on: the first one compiles
@@ -144,12 +144,12 @@ def main(argv: list[str]) -> None:
     train_l1 = float(np.mean(jax.device_get(l1s[-100:])))
     train_s = time.perf_counter() - t0
     predict = jax.jit(lambda x, m: apply({"params": params, **frozen}, x, m)[0])
-    scores = hole_l1_scores(config, predict, args.eval_images or config.demo.eval_images, config.demo.eval_seed)
+    scores = hole_l1_scores(config, predict, args.num_eval_images or config.demo.eval_images, config.demo.eval_seed)
     common.emit({"bench": "demo_learning", "model": args.model, "kind": args.kind, "steps": args.steps,
-                 "batch": args.batch, "lr": args.lr, "nll_weight": args.nll_weight,
+                 "batch": args.batch_size, "lr": args.lr, "nll_weight": args.nll_weight,
                  "hole_l1": scores["model"], "telea": scores["telea"], "mean_fill": scores["mean_fill"],
                  "train_l1_last100": round(train_l1, 3),
-                 "img_per_s": round((args.steps - 1) * args.batch / train_s, 1),
+                 "img_per_s": round((args.steps - 1) * args.batch_size / train_s, 1),
                  "train_s": round(train_s, 1), **common.device_info()})
 
 

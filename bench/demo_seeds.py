@@ -10,7 +10,7 @@ Spearman(sigma, |error|) per iteration), then one line with the mean and the sta
 (ddof = 1) over the seeds, and with ``--markdown`` the table that docs/DEMO.md and README show.
 
     .venv/bin/python bench/demo_seeds.py                       # 3 seeds, the full demo each (~45 min)
-    .venv/bin/python bench/demo_seeds.py --seeds 0,1 --steps 2 --eval_images 16 --workdir /tmp/s   # smoke
+    .venv/bin/python bench/demo_seeds.py --seeds 0,1 --steps 2 --num_eval_images 16 --workdir /tmp/s   # smoke
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def run_seed(seed: int, workdir: Path, config: str, steps: int | None, eval_imag
     if steps:
         cmd += ["--steps", str(steps)]
     if eval_images is not None:
-        cmd += ["--eval_images", str(eval_images)]
+        cmd += ["--num_eval_images", str(eval_images)]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=common.REPO, capture_output=True, text=True)
     if r.returncode != 0:
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--workdir", default="runs/demo_seeds", help="one run per seed below it: seed<s>/")
     p.add_argument("--config", default=str(common.REPO / "configs" / "demo.py"))
     p.add_argument("--steps", type=int, default=None, help="override config.total_steps (smoke runs)")
-    p.add_argument("--eval_images", type=int, default=None, help="held-out images (default: all 297)")
+    p.add_argument("--num_eval_images", type=int, default=None, help="held-out images (default: all 297)")
     p.add_argument("--markdown", action="store_true", help="also print the Markdown table")
     args = p.parse_args(argv)
     try:
@@ -102,14 +102,14 @@ def main(argv: list[str]) -> None:
         common.fail(p.prog, f"--seeds {args.seeds!r}: expected distinct non-negative integers, e.g. 0,1,2")
     if args.steps is not None and args.steps < 1:
         common.fail(p.prog, f"--steps {args.steps}: expected >= 1")
-    if args.eval_images is not None and args.eval_images < 0:
-        common.fail(p.prog, f"--eval_images {args.eval_images}: expected >= 0 (0 = all)")
+    if args.num_eval_images is not None and args.num_eval_images < 0:
+        common.fail(p.prog, f"--num_eval_images {args.num_eval_images}: expected >= 0 (0 = all)")
     root = Path(args.workdir)
     if root.exists() and not root.is_dir():
         common.fail(p.prog, f"--workdir {root}: exists and is not a directory")
     rows = []
     for s in seeds:
-        row = run_seed(s, root / f"seed{s}", args.config, args.steps, args.eval_images)
+        row = run_seed(s, root / f"seed{s}", args.config, args.steps, args.num_eval_images)
         row["load1"] = common.load1()
         common.emit(row)
         rows.append(row)

@@ -1,9 +1,9 @@
 """Times one PSM generator forward pass (paper Sec. 4.2 configs, project issue 7); JSON lines.
 
     .venv/bin/python bench/generator.py --json                       # 512 and 256, batch 1 and 8
-    .venv/bin/python bench/generator.py --resolution 256 --batch 1 --repeats 5
-    .venv/bin/python bench/generator.py --resolution 32 --batch 8    # the tiny config
-    .venv/bin/python bench/generator.py --resolution 512 --batch 1 --dtype float32 bfloat16 --markdown
+    .venv/bin/python bench/generator.py --resolution 256 --batch_size 1 --repeats 5
+    .venv/bin/python bench/generator.py --resolution 32 --batch_size 8    # the tiny config
+    .venv/bin/python bench/generator.py --resolution 512 --batch_size 1 --dtype float32 bfloat16 --markdown
 
 Resolution 512 uses model_config("paper512"), 256 "paper256", 32 "tiny". Keys: resolution, batch, dtype,
 median_s (median wall time of the jitted forward after one warm-up call), compile_s, gflop (XLA cost analysis
@@ -12,7 +12,7 @@ of the compiled forward: 2 FLOPs per multiply-add, counting only taps that read 
 min_s, cpu_s (process CPU seconds per forward, all threads) and gflop_per_cpu_s = gflop / cpu_s (robust to
 other jobs on a shared machine: an idle C-core machine reaches at most C x that), repeats, load1 (1-minute
 load average, see bench/common.py), device. Without --json a readable line is printed
-instead. ``--max-seconds`` stops the timed repeats of one configuration early (at least one is kept); on a
+instead. ``--max_seconds`` stops the timed repeats of one configuration early (at least one is kept); on a
 2-core CPU one 512 batch-8 forward takes ~20 s.
 """
 from __future__ import annotations
@@ -71,22 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = common.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolution", type=int, nargs="+", default=[512, 256],
                     help=f"one or more of {sorted(VARIANTS)}")
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="one or more batch sizes")
+    ap.add_argument("--batch_size", type=int, nargs="+", default=[1, 8], help="one or more batch sizes")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
-    ap.add_argument("--max-seconds", type=float, default=None,
+    ap.add_argument("--max_seconds", type=float, default=None,
                     help="stop timing one configuration after this many seconds")
     ap.add_argument("--json", action="store_true", help="JSON lines (default: one readable line per config)")
     ap.add_argument("--markdown", action="store_true", help="update the generator table of docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     bad = [r for r in args.resolution if r not in VARIANTS]
-    if bad or args.repeats < 1 or min(args.batch) < 1:
+    if bad or args.repeats < 1 or min(args.batch_size) < 1:
         common.fail("bench/generator.py", f"need --resolution in {sorted(VARIANTS)} (got {args.resolution}), "
-                                          f"--batch >= 1, --repeats >= 1")
+                                          f"--batch_size >= 1, --repeats >= 1")
     rows = []
     for dtype in args.dtype:
         for r in args.resolution:
-            for b in args.batch:
+            for b in args.batch_size:
                 row = bench(r, b, args.repeats, dtype, args.max_seconds)
                 rows.append(row)
                 if args.json:

@@ -1,6 +1,6 @@
 """Inference latency per image (project issue 19): the in-process ``Inpainter`` and the exported artifact.
 
-    .venv/bin/python bench/inference.py [--sizes 256 512] [--iters 1 2 4] [--batch 1] [--repeats 2] [--markdown]
+    .venv/bin/python bench/inference.py [--sizes 256 512] [--iters 1 2 4] [--batch_size 1] [--repeats 2] [--markdown]
     .venv/bin/python bench/inference.py --sizes 32 --iters 1 --repeats 1          # smoke run, tiny model
 
 For each size (the paper256 / paper512 generator of the same size, tiny for 32; random weights, which latency
@@ -55,14 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = common.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help=f"from {sorted(VARIANTS)}")
     ap.add_argument("--iters", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch_size", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls after the (AOT) compile")
     ap.add_argument("--paths", nargs="+", default=["inprocess", "exported"], choices=["inprocess", "exported"])
     ap.add_argument("--markdown", action="store_true", help="update the inference table of docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
-    if args.batch < 1 or args.repeats < 1 or min(args.iters) < 1 or args.warmup < 0:
-        common.fail("bench/inference.py", "need --batch >= 1, --repeats >= 1, --warmup >= 0 and every --iters >= 1")
+    if args.batch_size < 1 or args.repeats < 1 or min(args.iters) < 1 or args.warmup < 0:
+        common.fail("bench/inference.py",
+                    "need --batch_size >= 1, --repeats >= 1, --warmup >= 0 and every --iters >= 1")
     bad = [s for s in args.sizes if s not in VARIANTS]
     if bad:
         common.fail("bench/inference.py", f"--sizes {bad}: expected sizes from {sorted(VARIANTS)}")
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     key = inpaint.sample_key(0)
     key_data = np.asarray(jax.random.key_data(key))
     for size in args.sizes:
-        config, variables, image, mask = _setup(size, args.batch)
-        base = {"device": common.device_name(), "model": VARIANTS[size], "size": size, "batch": args.batch}
+        config, variables, image, mask = _setup(size, args.batch_size)
+        base = {"device": common.device_name(), "model": VARIANTS[size], "size": size, "batch": args.batch_size}
         inp = inpaint.Inpainter(config, variables)
         for T in args.iters:
             if "inprocess" in args.paths:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 fn = inp._fn(T, False, image.shape[:3])       # AOT compile of this shape (cached)
                 compile_s = time.perf_counter() - t0
                 t = common.time_fn(fn, variables, image, mask, key, repeats=args.repeats, warmup=args.warmup)
-                row = {**base, "path": "inprocess", "T": T, "per_image_s": round(t["median_s"] / args.batch, 4),
+                row = {**base, "path": "inprocess", "T": T, "per_image_s": round(t["median_s"] / args.batch_size, 4),
                        "compile_s": round(compile_s, 2), "repeats": t["repeats"], "load1": t["load1"]}
                 rows.append(row)
                 common.emit(row)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 compiled = call.lower(jnp.asarray(image), jnp.asarray(mask), jnp.asarray(key_data)).compile()
                 compile_s = time.perf_counter() - t0
                 t = common.time_fn(compiled, image, mask, key_data, repeats=args.repeats, warmup=args.warmup)
-                row = {**base, "path": "exported", "T": T, "per_image_s": round(t["median_s"] / args.batch, 4),
+                row = {**base, "path": "exported", "T": T, "per_image_s": round(t["median_s"] / args.batch_size, 4),
                        "compile_s": round(compile_s, 2), "export_s": round(export_s, 2),
                        "artifact_mib": round(len(blob) / 2**20, 1), "repeats": t["repeats"], "load1": t["load1"]}
                 rows.append(row)

@@ -14,7 +14,6 @@ bench/data_pipeline.py can ``from bench.masks import bench_masks`` (run from the
 """
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import time
@@ -89,7 +88,7 @@ def bench_masks(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="masks/s of psm_jax.data.masks.random_mask (JSON lines)")
+    p = common.ArgumentParser(description="masks/s of psm_jax.data.masks.random_mask (JSON lines)")
     p.add_argument("--kinds", nargs="+", choices=["large", "small"], default=["large", "small"])
     p.add_argument("--resolutions", nargs="+", type=int, default=[256, 512])
     p.add_argument("--rng", nargs="+", choices=["generator", "legacy"], default=["generator", "legacy"],

@@ -1,14 +1,14 @@
 """Times the full pixel spread (paper Sec. 3.1.2, project issue 7) versus T; prints JSON lines.
 
-    .venv/bin/python bench/spread.py [--model tiny|paper256|paper512] [--batch 4] [--iters 1 2 4 8] [--repeats 3]
-    .venv/bin/python bench/spread.py --model paper512 --batch 1 --iters 4 --repeats 2   # 512 latency at T = 4
-    .venv/bin/python bench/spread.py --picker top_k sort --pick-only       # the two pickers alone
+    .venv/bin/python bench/spread.py [--model tiny|paper256|paper512] [--batch_size 4] [--iters 1 2 4 8] [--repeats 3]
+    .venv/bin/python bench/spread.py --model paper512 --batch_size 1 --iters 4 --repeats 2   # 512 latency at T = 4
+    .venv/bin/python bench/spread.py --picker top_k sort --pick_only       # the two pickers alone
 
 For each T: compile time of the jitted spread (one lax.scan body, so it should be flat in T), median wall time
 of a run (the whole spread is one jitted program: no host sync between iterations), and the overhead ratio
 ``spread_s / (T * forward_s)`` against a jitted single generator forward (the pick, i.e. one sort per image, and
 the sampling are the overhead). A final line reports ``compile_ratio_8_over_2`` (target: within 1.2).
-``--picker top_k sort`` times each picker (``spread.picker``; identical picks); ``--pick-only`` times
+``--picker top_k sort`` times each picker (``spread.picker``; identical picks); ``--pick_only`` times
 the pick step alone (``pick_lowest`` on one iteration's scores, k from the linear schedule).
 Every row carries device, dtype and load1 (bench/common.py).
 """
@@ -34,19 +34,19 @@ MD_COLUMNS = ("device", "dtype", "model", "batch", "T", "picker", "spread_s", "f
 def main(argv: list[str] | None = None) -> int:
     ap = common.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny", choices=["tiny", "paper256", "paper512"])
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch_size", type=int, default=4)
     ap.add_argument("--iters", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--max-seconds", type=float, default=None, help="cap on the timed repeats of each T")
+    ap.add_argument("--max_seconds", type=float, default=None, help="cap on the timed repeats of each T")
     ap.add_argument("--picker", nargs="+", default=["top_k"], choices=PICKERS, help="pickers to time")
-    ap.add_argument("--pick-only", action="store_true", help="time only the pick step of each picker")
+    ap.add_argument("--pick_only", action="store_true", help="time only the pick step of each picker")
     ap.add_argument("--markdown", action="store_true", help="update the spread table of docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
-    if args.batch < 1 or args.repeats < 1 or min(args.iters) < 1:
-        common.fail("bench/spread.py", "need --batch >= 1, --repeats >= 1 and every --iters >= 1")
+    if args.batch_size < 1 or args.repeats < 1 or min(args.iters) < 1:
+        common.fail("bench/spread.py", "need --batch_size >= 1, --repeats >= 1 and every --iters >= 1")
     gen = Generator(**model_config(args.model))
-    r, b, dt = gen.resolution, args.batch, jnp.dtype(args.dtype)
+    r, b, dt = gen.resolution, args.batch_size, jnp.dtype(args.dtype)
     k = jax.random.split(jax.random.key(0), 4)
     image = (jax.random.uniform(k[0], (b, r, r, 3)) * 2 - 1).astype(dt)
     mask = (jax.random.uniform(k[1], (b, r, r, 1)) > 0.6).astype(dt)

@@ -1,9 +1,9 @@
 """Throughput, memory and MFU of the PSM training step (G + D, paper Sec. 3.3 / 4.2; project issue 7).
 
     .venv/bin/python bench/train_step.py                               # tiny and 256, batch 2, remat off/on
-    .venv/bin/python bench/train_step.py --configs tiny --batch 4 8 --repeats 5
-    .venv/bin/python bench/train_step.py --configs 512 --batch 2 --remat on --max-seconds 120 --dtype bfloat16
-    .venv/bin/python bench/train_step.py --configs 512 --batch 1 2 --compile-only   # FLOPs + memory estimate only
+    .venv/bin/python bench/train_step.py --configs tiny --batch_size 4 8 --repeats 5
+    .venv/bin/python bench/train_step.py --configs 512 --batch_size 2 --remat on --max_seconds 120 --dtype bfloat16
+    .venv/bin/python bench/train_step.py --configs 512 --batch_size 1 2 --compile_only   # FLOPs + memory estimate only
 
 The step is built exactly as psm_jax.train does it: ``build_models``, ``init_state``, ``make_train_step`` and
 ``make_r1_step``, jitted with the state donated, from ``configs/psm.py:tiny`` / ``:places256`` / ``:places512``
@@ -18,7 +18,7 @@ peak_gflop_per_s (bench/peak.py's file for this device and dtype, else a quick m
 mfu = gflop_per_s / peak_gflop_per_s; memory from ``compiled.memory_analysis()``: temp, argument and output
 bytes and mem_est_gib = (temp + argument + output - alias) / 2**30; on GPU/TPU also peak_gib from
 ``device.memory_stats()["peak_bytes_in_use"]`` (process-wide, so run one configuration per process for a clean
-figure). ``--max-seconds`` caps the timed steps of one configuration (at least one is kept).
+figure). ``--max_seconds`` caps the timed steps of one configuration (at least one is kept).
 """
 from __future__ import annotations
 
@@ -145,14 +145,14 @@ def bench(config_name: str, batch: int, remat: bool, dtype: str, repeats: int, m
 def main(argv: list[str] | None = None) -> int:
     ap = common.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="tiny,256", help=f"comma-separated subset of {','.join(CONFIGS)}")
-    ap.add_argument("--batch", type=int, nargs="+", default=[2])
+    ap.add_argument("--batch_size", type=int, nargs="+", default=[2])
     ap.add_argument("--remat", default="both", choices=["off", "on", "both"])
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--max-seconds", type=float, default=None, help="cap on the timed steps of each configuration")
+    ap.add_argument("--max_seconds", type=float, default=None, help="cap on the timed steps of each configuration")
     ap.add_argument("--pcp", action="store_true", help="keep the perceptual loss (random ResNet-50 weights)")
     ap.add_argument("--markdown", action="store_true", help="update the train-step table of docs/BENCHMARKS.md")
-    ap.add_argument("--compile-only", action="store_true",
+    ap.add_argument("--compile_only", action="store_true",
                     help="compile from shapes only: FLOPs and memory estimate, no timing (configs too big for this host)")
     args = ap.parse_args(argv)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not names:
         common.fail("bench/train_step.py", f"--configs takes a comma-separated subset of {','.join(CONFIGS)}, "
                                            f"got {args.configs!r}")
-    if args.repeats < 1 or min(args.batch) < 1:
-        common.fail("bench/train_step.py", "need --repeats >= 1 and --batch >= 1")
+    if args.repeats < 1 or min(args.batch_size) < 1:
+        common.fail("bench/train_step.py", "need --repeats >= 1 and --batch_size >= 1")
     remats = {"off": [False], "on": [True], "both": [False, True]}[args.remat]
     rows = []
     for dtype in args.dtype:
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         common.emit({"bench": "train_step_peak", "dtype": dtype, "peak_gflop_per_s": peak_value,
                      "source": peak_source, "device": common.device_name()})
         for name in names:
-            for b in args.batch:
+            for b in args.batch_size:
                 for remat in remats:
                     row = bench(name, b, remat, dtype, args.repeats, args.max_seconds, args.pcp, peak_value,
                                 args.compile_only)

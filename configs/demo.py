@@ -50,7 +50,7 @@ Variants (small dicts below, never copies of this file):
 """
 import ml_collections
 
-from psm_jax.config_lib import base_config, parse_arg
+from psm_jax.config_lib import base_config, parse_arg, set_dotted
 from psm_jax.data.pipeline import default_data_config
 from psm_jax.models.generator import model_config
 
@@ -80,14 +80,6 @@ VARIANTS = {
         "log_batch_digest": True, "ema.kimg": 0.01, "demo.eval_images": 8,
     },
 }
-
-
-def _set(c: ml_collections.ConfigDict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    node = c
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
 
 
 def get_config(arg=None):
@@ -140,7 +132,7 @@ def get_config(arg=None):
             c.model = model_config(value)
             c.model.update(use_latent=False, use_noise=False, output_gain=0.1, var_gain=0.1, time_input=False)
         else:
-            _set(c, dotted, value)
+            set_dotted(c, dotted, value)
     if a.variant == "tiny":
         c.data.resolution = c.model.resolution
     return c

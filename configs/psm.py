@@ -29,7 +29,7 @@ Arguments (after the variant, comma separated): ``schedule=linear|cosine|sqrt|cu
 ``test_iters=N`` (0 = the variant's own), ``att=absolute|relative`` (the attention-scale reading
 of Table 1, see ATTENTION below).
 """
-from psm_jax.config_lib import base_config, parse_arg
+from psm_jax.config_lib import base_config, parse_arg, set_dotted
 from psm_jax.data.pipeline import default_data_config
 from psm_jax.models.generator import model_config
 
@@ -67,14 +67,6 @@ TRAIN_IMAGES = {"places512": 20_000_000, "celeba512": 20_000_000, "celeba256": 1
                 "places256": 6_000_000}
 
 
-def _set(c, dotted, value):
-    *parents, leaf = dotted.split(".")
-    node = c
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
-
-
 def get_config(arg=None):
     a = parse_arg(arg, variant="places512", schedule="linear", test_iters=0, att="absolute")
     if a.att not in ATTENTION:
@@ -88,13 +80,13 @@ def get_config(arg=None):
         c.spread.train_iters = 3                         # Table 1: model A trains with 3 iterations
         c.model.attention_downsample = ATTENTION[a.att]["G" if variant == "G" else "A"]
         for k, v in {**DATASETS["places256"], **ABLATIONS.get(variant, {})}.items():
-            _set(c, k, v)
+            set_dotted(c, k, v)
         c.spread.test_iters = c.spread.train_iters       # Sec. 4.3: same T in training and test
         c.total_steps = TRAIN_IMAGES["places256"] // c.batch_size
     elif variant in ("places512", "celeba512", "celeba256"):
         c.model = model_config("paper512" if variant.endswith("512") else "paper256")
         for k, v in DATASETS[variant].items():
-            _set(c, k, v)
+            set_dotted(c, k, v)
         c.total_steps = TRAIN_IMAGES[variant] // c.batch_size
     elif variant == "tiny":
         c.model = model_config("tiny")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from psm_jax.cli import ArgumentParser, fail
+from psm_jax.cli import ArgumentParser, check_output, fail
 
 PROG = "python -m launch.collect"
 # (column title, result key): FID first, as in the paper's tables.
@@ -100,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = Path(args.sweep_workdir)
     if not sweep_dir.is_dir():
         fail(f"{PROG}: {sweep_dir}: not a directory")
+    out = Path(args.out) if args.out else sweep_dir / "results.md"
     try:
+        check_output(out, "--out", folder=False)
         table = collect(sweep_dir)
     except (ValueError, KeyError) as e:
         fail(f"{PROG}: {e}")
-    out = Path(args.out) if args.out else sweep_dir / "results.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print(table, end="")
     print(f"(written to {out})")

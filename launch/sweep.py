@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from psm_jax.cli import ArgumentParser, fail
+from psm_jax.config_lib import load_config
 
 PROG = "python -m launch.sweep"
 TRAIN_SWEEP_OF = {"table2": "table1"}     # evaluation sweeps reuse these training workdirs
@@ -57,6 +58,19 @@ def load_sweep(spec: str) -> tuple[str, str, list[dict[str, Any]]]:
         if run_name in seen:
             raise ValueError(f"{spec}: two runs are named {run_name!r}; their workdirs would clash")
         seen.add(run_name)
+    for run in runs:
+        if "evaluate" not in run:
+            # Build each run's config here, with the setter --config.* uses (config_lib.set_dotted):
+            # a misspelled override fails now, not in a job hours into the queue.
+            run_name = run["name"]
+            if not hasattr(module, "get_config"):
+                raise ValueError(f"config file {path!r} defines no get_config() for its training runs")
+            try:
+                load_config(f"{path}:{run['arg']}", run.get("overrides", {}))
+            except (KeyError, ValueError, TypeError, AttributeError, FileNotFoundError) as e:
+                detail = " ".join(str(e).replace("\\'", "'").split()).strip("\"")
+                raise ValueError(f"{spec}: run {run_name!r} (config {run['arg']!r}, overrides "
+                                 f"{run.get('overrides', {})}) does not build: {detail}") from None
     return path, name, runs
 
 

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the whole training run, and the ``digest`` reproducibility tool.
+"""Orbax checkpoints of the whole training run: writing (training), reading back (resume and
+inference), and the ``digest`` reproducibility tool.
 
 A checkpoint step directory holds three items:
 
@@ -8,6 +9,9 @@ A checkpoint step directory holds three items:
 
 Saves are asynchronous; a partially written step (preemption mid-save) is left as
 ``<step>.orbax-checkpoint-tmp`` and Orbax ignores it, so the previous step is restored.
+
+Inference reads only ``meta`` and G_ema (:func:`load_run`, :func:`load_checkpoint`). A step that
+cannot be read back is a :class:`CheckpointReadError` naming the step and what to do.
 
 ``python -m psm_jax.checkpoint digest WORKDIR`` prints the latest step and a SHA-256 over all
 saved state arrays in a canonical order (sorted key paths; dtype, shape and bytes of each), so
@@ -19,6 +23,7 @@ import contextlib
 import errno
 import hashlib
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -37,8 +44,11 @@ _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "nu
 
 def make_manager(workdir: str | Path, *, keep: int = 3, async_save: bool = True,
                  data_handler: bool = True) -> ocp.CheckpointManager:
-    """A manager over ``WORKDIR/checkpoints`` keeping the last ``keep`` steps."""
-    import grain  # local: grain pulls in absl flags machinery at import
+    """A manager over ``WORKDIR/checkpoints`` keeping the last ``keep`` steps.
+
+    ``data_handler=False`` (inference) reads ``state`` and ``meta`` only, without grain.
+    """
+    import grain  # deferred: grain pulls in absl flags machinery at import; inference never needs it
 
     handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     names = ("state", "meta")
@@ -76,7 +86,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
          meta: dict[str, Any], *, force: bool = False) -> bool:
     """Starts an (async) save of ``step``; a failure, now or of the previous async save, is a
     :class:`CheckpointWriteError` naming the directory and the newest step that is intact."""
-    import grain
+    import grain  # deferred: see make_manager
 
     args = {"state": ocp.args.PyTreeSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
@@ -133,8 +143,9 @@ def data_state_matches(mngr: ocp.CheckpointManager, step: int) -> bool:
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
             data_iter: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores onto the shardings in ``abstract_state`` (any device count)."""
-    import grain
+    """Restores onto the shardings in ``abstract_state`` (any device count); a step that cannot
+    be read is a :class:`CheckpointReadError`."""
+    import grain  # deferred: see make_manager
 
     restore_args = jax.tree.map(
         lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype)
@@ -144,13 +155,44 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
             "meta": ocp.args.JsonRestore()}
     if data_iter is not None:
         args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    out = mngr.restore(step, args=ocp.args.Composite(**args))
+    with _read_errors(mngr, step, "state"):
+        out = mngr.restore(step, args=ocp.args.Composite(**args))
     return out["state"], out["meta"]
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     """The ``meta`` item of a step (config JSON, versions, git SHA) without reading any array."""
-    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    with _read_errors(mngr, step, "meta"):
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        json.loads(meta["config"])   # a truncated config is damage too, found here rather than later
+    return meta
+
+
+class CheckpointReadError(ValueError):
+    """A saved step cannot be read back (a damaged or truncated copy). The message is one line
+    naming the step and its folder; ``step`` and ``path`` let callers say what to do."""
+
+    def __init__(self, message: str, step: int, path: Path):
+        super().__init__(message)
+        self.step, self.path = step, path
+
+
+def _brief(e: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters (no class name: users act on the text)."""
+    text = " ".join(str(e).split()) or "no detail"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@contextlib.contextmanager
+def _read_errors(mngr: ocp.CheckpointManager, step: int, item: str):
+    try:
+        yield
+    except CheckpointReadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - orbax, tensorstore, json and the OS raise many kinds
+        path = Path(mngr.directory) / str(step)
+        raise CheckpointReadError(f"checkpoint step {step} ({path}) is damaged: its {item} cannot be "
+                                  f"read ({_brief(e)})", step, path) from e
 
 
 # Config sections whose values decide the shapes of the saved state.
@@ -178,13 +220,90 @@ def check_compatible(saved_config: dict[str, Any], config: dict[str, Any]) -> No
                              f"was trained with {saved[key]!r} (use another --workdir, or the old value)")
 
 
-def _restore_numpy(mngr: ocp.CheckpointManager, step: int) -> Any:
-    tree = mngr.item_metadata(step)["state"]
-    tree = getattr(tree, "tree", tree)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(restore_args=restore_args)))
+def restore_numpy(mngr: ocp.CheckpointManager, step: int) -> Any:
+    """The ``state`` item of ``step`` as host numpy arrays, whatever sharding it was saved with."""
+    with _read_errors(mngr, step, "state"):
+        tree = mngr.item_metadata(step)["state"]
+        tree = getattr(tree, "tree", tree)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        out = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(restore_args=restore_args)))
     return out["state"]
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def ema_variables(state: dict[str, Any]) -> dict[str, Any]:
+    """Generator variables for inference: the EMA weights plus the (untrained) buffers."""
+    return {"params": state["g_ema_params"], **state["g_buffers"]}
+
+
+def _tuples(x: Any) -> Any:
+    """JSON turns tuples into lists; module fields want the tuples back."""
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """The config a run saved (``meta["config"]``, ``config.json``), tuples restored."""
+    return ml_collections.ConfigDict(_tuples(json.loads(text)))
+
+
+def resolve_checkpoint(workdir_or_checkpoint: str | Path, step: int | None = None) -> tuple[Path, int | None]:
+    """(workdir, step) from a workdir, its ``checkpoints/`` folder or one ``checkpoints/<step>`` folder.
+
+    Raises FileNotFoundError or ValueError (one line) if the path does not exist, holds no
+    checkpoints folder, or is a step folder other than ``step``.
+    """
+    path = Path(workdir_or_checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint or workdir does not exist")
+    if path.name.isdigit() and path.parent.name == "checkpoints":
+        if step is not None and step != int(path.name):
+            raise ValueError(f"{path}: is step {path.name}, but step={step} was asked for")
+        return path.parent.parent, int(path.name)
+    if path.name == "checkpoints" and path.is_dir():
+        path = path.parent
+    if not (path / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{path}: not a training workdir (no checkpoints/ folder)")
+    return path, step
+
+
+def load_checkpoint(workdir_or_checkpoint: str | Path, step: int | None = None
+                    ) -> tuple[ml_collections.ConfigDict, dict, int]:
+    """(config, G_ema variables, step) of the latest (or given) step of a workdir or checkpoint folder.
+
+    FileNotFoundError (one line) when there is no such checkpoint; :class:`CheckpointReadError`
+    naming the step and what to do when it is damaged.
+    """
+    workdir, step = resolve_checkpoint(workdir_or_checkpoint, step)
+    mngr = make_manager(workdir, async_save=False, data_handler=False)
+    steps = sorted(mngr.all_steps())
+    if step is None:
+        step = mngr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{workdir}: no finished checkpoint")
+    elif step not in steps:
+        raise FileNotFoundError(f"{workdir}: no checkpoint at step {step} (have {steps})")
+    try:
+        meta = read_meta(mngr, step)
+        state = restore_numpy(mngr, step)
+    except CheckpointReadError as e:
+        older = [s for s in steps if s < step]
+        hint = (f"load an older step ({', '.join(map(str, older))}) or copy step {step} again" if older
+                else f"copy step {step} again, or train anew")
+        raise CheckpointReadError(f"{e}; {hint}", e.step, e.path) from None
+    return config_from_json(meta["config"]), jax.tree.map(jnp.asarray, ema_variables(state)), int(step)
+
+
+def load_run(workdir_or_checkpoint: str | Path, step: int | None = None) -> tuple[ml_collections.ConfigDict, dict]:
+    """(config, G_ema variables) of the latest (or given) checkpoint (see :func:`load_checkpoint`)."""
+    config, variables, _ = load_checkpoint(workdir_or_checkpoint, step)
+    return config, variables
 
 
 def tree_digest(tree: Any) -> str:
@@ -215,7 +334,7 @@ def digest(workdir: str | Path) -> tuple[int, str]:
     step = mngr.latest_step()
     if step is None:
         raise FileNotFoundError(f"{ckpt_dir}: no finished checkpoint")
-    return step, tree_digest(_restore_numpy(mngr, step))
+    return step, tree_digest(restore_numpy(mngr, step))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,13 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     try:
         step, sha = digest(args.workdir)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - a damaged checkpoint: orbax/tensorstore raise many kinds
-        print(f"error: {args.workdir}: the latest checkpoint cannot be read ({type(e).__name__}: "
-              f"{' '.join(str(e).split())[:300]})", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, CheckpointReadError) as e:
+        return cli.error(str(e), last_words=True)
     print(f"step {step} sha256 {sha}")
     return 0
 

@@ -13,6 +13,7 @@ import os
 import pickle
 import sys
 import zipfile
+from pathlib import Path
 from typing import NoReturn
 
 # What reading user-supplied files can raise; all of it becomes a one-line error.
@@ -53,6 +54,22 @@ def error(message: str, code: int = 2, *, last_words: bool = False) -> int:
         for h in reversed(handlers):
             h.release()
     return code
+
+
+def check_output(path: str | os.PathLike, flag: str, *, folder: bool) -> Path:
+    """``path`` can be written as a folder (``folder=True``) or a file: ValueError with one line naming
+    ``flag`` otherwise. Call it before any work, so a bad ``--out`` never costs a run."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: is a file; expected a folder")
+    if not folder and path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; expected a file name")
+    for d in (path.parent, *path.parent.parents) if not folder else (path, *path.parents):
+        if d.exists():
+            if not d.is_dir():
+                raise ValueError(f"{flag} {path}: cannot be created: {d} is a file")
+            break
+    return path
 
 
 class ArgumentParser(argparse.ArgumentParser):

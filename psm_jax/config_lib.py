@@ -8,10 +8,13 @@ does, and the comment says so.
 """
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import ml_collections
 
+from psm_jax import losses, perceptual, spread
 from psm_jax.augment import default_ada_config
 
 
@@ -37,6 +40,16 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         else:
             raise ValueError(f"config arg: cannot parse {token!r}")
     return ml_collections.ConfigDict(out)
+
+
+def set_dotted(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    """``config.a.b = value`` for ``dotted = "a.b"``: the one way config files, ``load_config`` and
+    sweeps set a nested field. A locked config raises KeyError on a key it does not have."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -82,6 +95,12 @@ def base_config() -> ml_collections.ConfigDict:
         # CPU configs unroll it: XLA:CPU runs the backward of a conv scan body ~5x slower than
         # unrolled (see spread.pixel_spread). Inference always scans.
         unroll_train=False,
+        # Sec. 3.2: "missing pixels are initialized with the same specified values"; the value (in
+        # [-1, 1] image units) is not given: 0.0 (mid-grey) is what the spread writes today.
+        init_value=0.0,
+        # StyleConv noise at test time: "random" (fresh per call, any image size), "const" (MAT's
+        # generate_image; the trained buffers, only at the training resolution) or "none".
+        test_noise_mode="random",
     ))
 
     c.loss = ml_collections.ConfigDict(dict(
@@ -115,6 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
         # (3, 4, 6, 3) and 64. Only the random-weight test configs shrink it (compile time).
         perceptual_stages=(3, 4, 6, 3),
         perceptual_width=64,
+        # Eq. 9's ||phi_i(x) - phi_i(x_hat)||_2^2 per layer: "mean" over the feature map (as LaMa's
+        # HRF loss [56] computes it) or "sum" (per-image sum, batch mean: the norm as written).
+        pcp_reduction="mean",
     ))
 
     c.optim = ml_collections.ConfigDict(dict(
@@ -159,13 +181,15 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# StyleConv noise modes (models/layers.py); "const" needs the training resolution.
+NOISE_MODES = ("random", "const", "none")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Checks the enum and range fields a run would otherwise only trip over after compiling.
 
     Raises ValueError naming the field and what was expected (main.py prints it as one line).
     """
-    from psm_jax import losses, spread
-
     def need(ok: bool, field: str, expected: str) -> None:
         if not ok:
             value = c
@@ -187,6 +211,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"one of {list(losses.NLL_REDUCTIONS)}")
     need(0.0 <= c.loss.style_mixing_prob <= 1.0, "loss.style_mixing_prob", "a probability in [0, 1]")
     need(c.spread.alpha >= 0, "spread.alpha", ">= 0")
+    if "num_down" in c.model:
+        # Inference pads images to multiples of 32 (inpaint/sizing.py, the exported signature).
+        need(isinstance(c.model.num_down, int) and 1 <= c.model.num_down <= 5, "model.num_down",
+             "an integer from 1 to 5 (inference pads images to multiples of 32)")
+    if "var_head" in c.model:
+        need(c.model.var_head in ("torgb", "conv"), "model.var_head", "'torgb' or 'conv'")
+    if "test_noise_mode" in c.spread:
+        need(c.spread.test_noise_mode in NOISE_MODES, "spread.test_noise_mode", f"one of {list(NOISE_MODES)}")
+    if "pcp_reduction" in c.loss:
+        need(c.loss.pcp_reduction in perceptual.REDUCTIONS, "loss.pcp_reduction",
+             f"one of {list(perceptual.REDUCTIONS)}")
     need(c.compute_dtype in ("float32", "bfloat16"), "compute_dtype", "'float32' or 'bfloat16'")
     need(c.eval.every >= 0, "eval.every", ">= 0 (0 = off)")
     if "max_consecutive_corrupt" in c.data:
@@ -196,9 +231,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
 def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
     """Loads ``path/to/config.py[:arg]`` the way ``--config`` does, applies dotted overrides,
     and locks it (so a misspelled override key raises)."""
-    import importlib.util
-    from pathlib import Path
-
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
         raise FileNotFoundError(f"config file {path!r} not found")
@@ -208,9 +240,5 @@ def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ml_collec
     config = module.get_config(arg or None)
     config.lock()
     for dotted, value in (overrides or {}).items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, value)
+        set_dotted(config, dotted, value)
     return config

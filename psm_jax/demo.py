@@ -42,7 +42,8 @@ from psm_jax.data.pipeline import make_eval_dataset
 from psm_jax.data.transforms import from_model_range
 from psm_jax.demo_report import print_table, write_report
 from psm_jax.evaluators import calibration, image_metrics, inpainting
-from psm_jax.inpaint import load_run, make_inpaint_fn
+from psm_jax.checkpoint import load_run
+from psm_jax.inpaint import make_inpaint_fn
 from psm_jax.train import TrainingDiverged, train_and_evaluate
 from psm_jax.visualize import method_grid, spread_strip
 
@@ -84,7 +85,7 @@ def _psm_fns(config, iters, trajectory: bool):
 def _psm_runs(fns, variables, batches, seed: int, *, exact: bool) -> dict[int, inpainting.SpreadRun]:
     """One evaluation pass per T. The spread key of a batch depends only on the index of its first
     image, so the numbers are reproducible. ``exact``: rank statistics over every hole pixel."""
-    return {t: inpainting.run_spread(fn, variables, batches, key=jax.random.key(seed),
+    return {t: inpainting.evaluate_batches(fn, variables, batches, key=jax.random.key(seed),
                                      calib_samples=None if exact else calibration.SAMPLES_PER_BATCH)
             for t, fn in fns.items()}
 
@@ -151,7 +152,7 @@ def _figures(fns, variables, batch, seed: int, k: int, sigma_max: float) -> dict
     real = from_model_range(image[:k])
     preds = {}
     for t, fn in fns.items():
-        out = fn(variables, image, mask, jax.random.fold_in(jax.random.key(seed), 0))   # as batch 0 of run_spread
+        out = fn(variables, image, mask, jax.random.fold_in(jax.random.key(seed), 0))   # as batch 0 of evaluate_batches
         preds[f"psm_t{t}"] = from_model_range(np.where(mask > 0.5, image, np.asarray(out["image"])))[:k]
         if t == T:
             traj = jax.tree.map(lambda a: np.asarray(a)[:, :k], jax.device_get(out["trajectory"]))
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="runs/demo")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file[:variant]")
     parser.add_argument("--steps", type=int, default=None, help="override config.total_steps")
-    parser.add_argument("--eval_images", type=int, default=None,
+    parser.add_argument("--num_eval_images", type=int, default=None,
                         help="held-out images (default: config.demo.eval_images; 0 = the whole split)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set spread.resample_committed=False (repeatable)")
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Training took {timing['train_wall_s']:.0f} s wall, {timing['train_cpu_s']:.0f} s CPU.")
     t_eval, cpu_eval = time.perf_counter(), _cpu_seconds()
     run_config, variables = load_run(workdir)
-    num_images = config.demo.eval_images if args.eval_images is None else args.eval_images
+    num_images = config.demo.eval_images if args.num_eval_images is None else args.num_eval_images
     num_images = num_images or None
     print(f"Evaluating on {num_images or 'all'} held-out images ...", flush=True)
     seed = config.demo.eval_seed

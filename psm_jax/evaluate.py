@@ -4,10 +4,12 @@ SSIM, L1 of composited outputs, plus the calibration of sigma (issue 16).
     python -m psm_jax.evaluate --workdir runs/psm --images PLACES_VAL --masks large --iters 1,2,4 \\
         --inception inception.npz [--lpips lpips.npz] [--protocol places512_large] --out results.json
 
-* ``--masks``: a folder of mask PNGs (255 = known) paired with the images **by file stem**
-  (``x.jpg`` <-> ``x.png``; anything unpaired is refused with the list of names), or ``large`` /
-  ``small``: MAT's free-form masks, seeded from (``--seed``, image index), so every run sees the same.
-* Images are centre-cropped (reflect-padded if small) to the model resolution, sorted by name.
+* ``--images``: a folder of images (``image_files.IMAGE_EXTENSIONS``, recursive), sorted by path.
+* ``--masks``: a folder of mask images (255 = known; ``--mask_is_hole`` for 255 = hole) paired with
+  the images **by name** (``mask_io.pair_masks``: ``x.jpg`` <-> ``x.png`` or ``x_mask.png``, the
+  rule ``inpaint`` uses; anything unpaired is refused), or ``large`` / ``small``: MAT's free-form
+  masks, seeded from (``--seed``, image index) as the in-training evaluator seeds them.
+* Images are centre-cropped (reflect-padded if small) to the model resolution.
 * ``--protocol`` pins the image count, mask kind and resolution of a Table 3 column (see
   ``evaluators/report.py``); with fewer images than it expects, it warns and reports the count.
 * Real-image Inception features are cached in ``--cache_dir``, keyed by the hash of the image
@@ -28,19 +30,28 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import jax
 import numpy as np
+from tqdm import tqdm
 
-from psm_jax import cli
-from psm_jax.evaluators import report
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from psm_jax import checkpoint, cli
+from psm_jax.data import mask_io, transforms
+from psm_jax.data.image_files import list_images
+from psm_jax.data.pipeline import seeded_eval_masks
+from psm_jax.evaluators import inpainting, report
+from psm_jax.evaluators.inception import InceptionFeatures
+from psm_jax.evaluators.lpips import LPIPS
+from psm_jax.inpaint import make_inpaint_fn
+from psm_jax.npz_io import NpzError, load_npz
+from psm_jax.sharding import make_mesh
 
 
 def _parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m psm_jax.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="training workdir with checkpoints")
     p.add_argument("--images", required=True, help="folder of ground-truth images")
-    p.add_argument("--masks", required=True, help="folder of mask PNGs (255 = known), or large / small")
+    p.add_argument("--masks", required=True,
+                   help="folder of masks named like the images (255 = known), or large / small (seeded)")
     p.add_argument("--iters", default=None, help="spread iterations T, comma-separated (default: config)")
     p.add_argument("--num_images", type=int, default=None, help="first N images by name (default: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -54,42 +65,18 @@ def _parser() -> cli.ArgumentParser:
     p.add_argument("--cache_dir", default=None, help="real-statistics cache (default: ~/.cache/psm_jax/fid)")
     p.add_argument("--fid_method", choices=("sqrtm", "eigh"), default="sqrtm",
                    help="sqrtm: MAT's scipy.linalg.sqrtm (default); eigh: same value, faster")
-    p.add_argument("--mask_invert", action="store_true", help="mask PNGs use 255 = hole")
+    p.add_argument("--mask_is_hole", action="store_true", help="masks are white (255) = hole")
     p.add_argument("--no_progress", action="store_true")
     return p
 
 
-def list_images(folder: str) -> list[Path]:
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--images {folder}: not a folder")
-    paths = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS), key=lambda p: p.name)
-    if not paths:
-        raise FileNotFoundError(f"--images {folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return paths
-
-
-def pair_by_stem(images: list[Path], mask_dir: str) -> list[Path]:
-    """The mask of each image, same file stem; refuses (naming them) any unpaired image or mask."""
-    from psm_jax.data.mask_io import list_mask_files
-
-    masks = list_mask_files(mask_dir)
-    by_stem = {}
-    for m in masks:
-        if m.stem in by_stem:
-            raise ValueError(f"--masks {mask_dir}: two masks share the stem {m.stem!r}")
-        by_stem[m.stem] = m
-    stems = [p.stem for p in images]
-    if len(set(stems)) != len(stems):
-        dup = sorted({s for s in stems if stems.count(s) > 1})
-        raise ValueError(f"--images: several images share the stem(s) {dup[:10]}")
-    no_mask = [p.name for p in images if p.stem not in by_stem]
-    no_image = sorted(m.name for s, m in by_stem.items() if s not in set(stems))
-    if no_mask or no_image:
-        raise ValueError(f"--masks {mask_dir}: images and masks do not pair by file stem; images without a "
-                         f"mask ({len(no_mask)}): {no_mask[:20]}; masks without an image ({len(no_image)}): "
-                         f"{no_image[:20]}")
-    return [by_stem[p.stem] for p in images]
+def pair_masks(images: list[Path], mask_dir: str) -> list[Path]:
+    """The mask of each image (``mask_io.pair_masks``, the rule ``inpaint`` uses), in image order."""
+    try:
+        by_image = dict(mask_io.pair_masks(images, mask_dir))
+    except mask_io.MaskPairingError as e:
+        raise ValueError(f"--masks {e}") from None
+    return [by_image[p] for p in images]
 
 
 def file_list_hash(paths: list[Path]) -> str:
@@ -102,16 +89,12 @@ def file_list_hash(paths: list[Path]) -> str:
 def make_batches(images: list[Path], masks: list[Path] | str, resolution: int, batch_size: int, seed: int,
                  invert: bool):
     """Yields ``{"image": [-1,1], "mask": BHW1}`` batches in image order (decoded on 4 threads)."""
-    from psm_jax.data import mask_io, transforms
-    from psm_jax.data.pipeline import SeededMasks, _derive_seed, default_mask_fn
-
-    seeded = None if not isinstance(masks, str) else SeededMasks(
-        _derive_seed(seed, "eval_masks"), resolution, masks, default_mask_fn())
+    seeded = seeded_eval_masks(seed, resolution, masks) if isinstance(masks, str) else None
 
     def load(i: int):
-        decoded = transforms.decode_image(images[i].read_bytes(), str(images[i]))
+        decoded, why = transforms.try_decode_image(images[i].read_bytes())
         if decoded is None:
-            raise ValueError(f"{images[i]}: unreadable image")
+            raise ValueError(f"{images[i]}: cannot read as an image ({why})")
         img = transforms.to_model_range(transforms.center_crop(decoded, resolution))
         m = seeded(i) if seeded else mask_io.load_mask(masks[i], invert=invert)
         if m.shape != img.shape[:2]:
@@ -139,9 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
+    except checkpoint.CheckpointReadError as e:
+        raise SystemExit(cli.error(f"--workdir {e}", last_words=True)) from None
     except cli.INPUT_ERRORS as e:
         cli.fail(str(e))
-    return 2
+
+
+def _weights(load, flag: str, path: str, **kw):
+    """``load(path)``; its one-line error names the flag."""
+    try:
+        return load(path, **kw)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{flag} {e}") from None
 
 
 def _check_args(args) -> tuple[list[int] | None, report.Protocol | None]:
@@ -173,12 +165,21 @@ def _check_args(args) -> tuple[list[int] | None, report.Protocol | None]:
     for flag, path in (("--inception", args.inception), ("--lpips", args.lpips)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {path}: file not found")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; expected a .json file path")
+    try:   # cheap existence check; the weights are read after every other input is checked
+        checkpoint.resolve_checkpoint(args.workdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"--workdir {e}") from None
     return iters, protocol
 
 
 def _run(args) -> int:
     iters, protocol = _check_args(args)
-    images = list_images(args.images)
+    if not Path(args.images).is_dir():
+        raise FileNotFoundError(f"--images {args.images}: not a folder")
+    all_images = list_images(args.images, "--images")
+    images = all_images
     warns: list[str] = []
     wanted = protocol.num_images if protocol else args.num_images
     if wanted is not None and len(images) < wanted:
@@ -190,25 +191,22 @@ def _run(args) -> int:
         print(f"warning: {w}", file=sys.stderr)
     if Path(args.masks).is_dir() and args.masks not in ("large", "small"):
         # Pair the whole folder listing first so that a stray or missing mask is named.
-        masks: list[Path] | str = pair_by_stem(list_images(args.images), args.masks)[:len(images)]
+        masks: list[Path] | str = pair_masks(all_images, args.masks)[:len(images)]
     else:
         masks = args.masks
-
-    import jax
-
-    from psm_jax.evaluators import inpainting
-    from psm_jax.evaluators.inception import InceptionFeatures
-    from psm_jax.evaluators.lpips import LPIPS
-    from psm_jax.inpaint import load_run, make_inpaint_fn
-
-    config, variables = load_run(args.workdir)
+    inception = _weights(InceptionFeatures.from_npz, "--inception", args.inception, resize=args.resize)
+    lpips = _weights(LPIPS.from_npz, "--lpips", args.lpips) if args.lpips else None
+    try:
+        config, variables = checkpoint.load_run(args.workdir)
+    except checkpoint.CheckpointReadError:
+        raise
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"--workdir {e}") from None
     resolution = int(config.model.resolution)
     if protocol and protocol.resolution != resolution:
         raise ValueError(f"--protocol {protocol.name} is at {protocol.resolution} px but the model in "
                          f"{args.workdir} is {resolution} px")
     iters = iters or [int(config.spread.test_iters)]
-    inception = InceptionFeatures.from_npz(args.inception, resize=args.resize)
-    lpips = LPIPS.from_npz(args.lpips) if args.lpips else None
 
     cache_dir = Path(args.cache_dir or Path.home() / ".cache" / "psm_jax" / "fid")
     cache_key = hashlib.sha256(json.dumps({
@@ -217,14 +215,12 @@ def _run(args) -> int:
     cache_path = cache_dir / f"real_{cache_key[:24]}.npz"
     real = None
     if cache_path.is_file():
-        with np.load(cache_path, allow_pickle=False) as z:
-            real = z["features"]
+        try:
+            real = load_npz(cache_path, "cached real-image features")["features"]
+        except (NpzError, KeyError):   # a damaged cache entry is recomputed and rewritten
+            real = None
 
-    mesh = None
-    if jax.device_count() > 1:
-        from psm_jax.sharding import make_mesh
-        mesh = make_mesh()
-    from tqdm import tqdm
+    mesh = make_mesh() if jax.device_count() > 1 else None
 
     results: dict[int, dict[str, float]] = {}
     runs = {}
@@ -232,10 +228,11 @@ def _run(args) -> int:
     t0 = time.time()
     for T in iters:
         fn = make_inpaint_fn(config, num_iters=T, return_trajectory=True)
-        batches = make_batches(images, masks, resolution, args.batch_size, args.seed, args.mask_invert)
+        batches = make_batches(images, masks, resolution, args.batch_size, args.seed, args.mask_is_hole)
         with tqdm(total=len(images), desc=f"T={T}", unit="img", disable=args.no_progress, file=sys.stderr) as bar:
-            run = inpainting.run_spread(fn, variables, batches, key=jax.random.key(args.seed), inception=inception,
-                                        lpips=lpips, need_real_features=real is None, mesh=mesh, progress=bar)
+            run = inpainting.evaluate_batches(fn, variables, batches, key=jax.random.key(args.seed),
+                                              inception=inception, lpips=lpips, need_real_features=real is None,
+                                              mesh=mesh, progress=bar)
         if real is None:
             real = run.reals()
             cache_dir.mkdir(parents=True, exist_ok=True)

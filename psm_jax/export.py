@@ -22,7 +22,6 @@ with the stable sort, ``EXPORT_SPREAD_OVERRIDES``; it picks the same pixels as t
 """
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import sys
@@ -34,7 +33,10 @@ import jax.numpy as jnp
 import ml_collections
 from jax import export as jax_export
 
-from psm_jax import inpaint
+import psm_jax
+from psm_jax import checkpoint, cli
+from psm_jax.inpaint.run import run_spread
+from psm_jax.inpaint.sizing import MULTIPLE
 
 FORMAT = "psm-jax.export/1"
 PRNG_IMPL = "threefry2x32"
@@ -48,8 +50,8 @@ def spread_fn(config: ml_collections.ConfigDict, variables: Any, num_iters: int,
     """``f(image, mask, key_data)``: the exported computation, with ``variables`` closed over (embedded)."""
     def f(image, mask, key_data):
         key = jax.random.wrap_key_data(key_data, impl=PRNG_IMPL)
-        out = inpaint.run_spread(config, variables, image, mask, key, num_iters=num_iters,
-                                 return_trajectory=with_trajectory, **EXPORT_SPREAD_OVERRIDES)
+        out = run_spread(config, variables, image, mask, key, num_iters=num_iters,
+                         return_trajectory=with_trajectory, **EXPORT_SPREAD_OVERRIDES)
         if with_trajectory:
             return out["image"], out["trajectory"]["std"]
         return out["image"]
@@ -58,7 +60,7 @@ def spread_fn(config: ml_collections.ConfigDict, variables: Any, num_iters: int,
 
 def input_specs() -> tuple[jax.ShapeDtypeStruct, ...]:
     """Symbolic batch and H = 32*h, W = 32*w (the generator's five stride-2 stages)."""
-    b, H, W = jax_export.symbolic_shape(f"b, {inpaint.MULTIPLE}*h, {inpaint.MULTIPLE}*w")
+    b, H, W = jax_export.symbolic_shape(f"b, {MULTIPLE}*h, {MULTIPLE}*w")
     return (jax.ShapeDtypeStruct((b, H, W, 3), jnp.float32), jax.ShapeDtypeStruct((b, H, W, 1), jnp.float32),
             jax.ShapeDtypeStruct((2,), jnp.uint32))
 
@@ -81,7 +83,7 @@ def _version(name: str) -> str | None:
 def sidecar(exp: jax_export.Exported, config: ml_collections.ConfigDict, *, num_iters: int, step: int | None,
             with_trajectory: bool, artifact: str) -> dict[str, Any]:
     """What a server must know about the artifact (``serving.py`` checks inputs against it)."""
-    m = inpaint.MULTIPLE
+    m = MULTIPLE
     outputs = [{"name": "image", "dtype": "float32", "shape": ["B", "H", "W", 3], "range": [-1.0, 1.0],
                 "note": "known pixels equal the input bit for bit"}]
     if with_trajectory:
@@ -109,7 +111,7 @@ def sidecar(exp: jax_export.Exported, config: ml_collections.ConfigDict, *, num_
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
         "checkpoint_step": step,
         "versions": {n: _version(n) for n in ("jax", "jaxlib", "flax", "numpy")} | {
-            "psm_jax": __import__("psm_jax").__version__},
+            "psm_jax": psm_jax.__version__},
         "config": config.to_dict(),
     }
 
@@ -134,14 +136,15 @@ def _json_default(x: Any) -> Any:
     return str(x)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+def _check_out(out: Path) -> None:
+    """The artifact and its sidecar can be written (before the weights are loaded)."""
+    cli.check_output(out, "--out", folder=False)
+    if sidecar_path(out).is_dir():
+        raise ValueError(f"--out {out}: its sidecar {sidecar_path(out)} is a folder")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(prog="python -m psm_jax.export", description=__doc__.splitlines()[0])
+    ap = cli.ArgumentParser(prog="python -m psm_jax.export", description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", required=True, help="training workdir (or a checkpoints/<step> folder)")
     ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     ap.add_argument("--out", required=True, help="artifact file; the sidecar is FILE.json")
@@ -158,14 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         bad = [p for p in platforms if p not in ("cpu", "cuda", "rocm", "tpu")]
         if bad or not platforms:
             ap.error(f"--platforms: unknown platform(s) {bad or args.platforms!r}; expected cpu, cuda, rocm, tpu")
+    out = Path(args.out)
     try:
-        config, variables, step = inpaint.load_checkpoint(args.workdir, args.step)
+        _check_out(out)
+        config, variables, step = checkpoint.load_checkpoint(args.workdir, args.step)
+    except checkpoint.CheckpointReadError as e:
+        return cli.error(f"--workdir {e}", last_words=True)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: --workdir {e}", file=sys.stderr)
-        return 2
+        return cli.error(str(e) if str(e).startswith("--out") else f"--workdir {e}")
     T = int(args.iters or config.spread.test_iters)
     exp = export_spread(config, variables, num_iters=T, platforms=platforms, with_trajectory=args.with_trajectory)
-    out = Path(args.out)
     meta = sidecar(exp, config, num_iters=T, step=step, with_trajectory=args.with_trajectory, artifact=out.name)
     art, side = save(exp, meta, out)
     print(f"wrote {art} ({art.stat().st_size / 2**20:.1f} MiB, T = {T}, platforms {','.join(exp.platforms)}) "

@@ -5,10 +5,14 @@ misspelled key is an error. On multi-host pods ``jax.distributed.initialize()`` 
 cluster by itself; ``--coordinator/--num_processes/--process_id`` set it explicitly (local tests).
 """
 import os
+import re
 import sys
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from psm_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file[:variant].", lock_config=True)
@@ -22,6 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    # Deferred: jax and the trainer take seconds to import; a bad flag is reported before that.
     import jax
     if FLAGS.coordinator or FLAGS.distributed:
         kwargs = {}
@@ -31,7 +36,7 @@ def main(argv):
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
                                    **kwargs)
-    from psm_jax import cli, train
+    from psm_jax import train   # deferred with jax, above
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train.TrainingDiverged as e:
@@ -46,20 +51,56 @@ def main(argv):
         sys.exit(cli.error(str(e), last_words=True))
 
 
+_REQUIRED = {"config": "a config file, e.g. --config=configs/psm.py:places512",
+             "workdir": "the run's folder, e.g. --workdir=runs/places512"}
+
+
+def _config_spec(argv: list[str]) -> str | None:
+    """The value of --config in ``argv`` (either spelling), if any."""
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _flag_message(e: Exception, spec: str | None) -> str:
+    """One line for a bad flag, config file or override: the flag and what was expected, no class names."""
+    text = str(e)
+    if isinstance(e, flags.UnrecognizedFlagError):
+        return f"unknown flag --{e.flagname} (see --help)"
+    missing = re.match(r"flag --(\w+)=None: Flag --\w+ must have a value other than None", text)
+    if missing:
+        return f"--{missing.group(1)} is missing; expected {_REQUIRED.get(missing.group(1), 'a value')}"
+    if "Traceback" in text:   # a config file that raised: keep its last line
+        text = [line for line in text.splitlines() if line.strip()][-1]
+    text = " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]
+    text = re.sub(r"\b[A-Z][A-Za-z]*(Error|Exception): ", "", text)      # no internal class names
+    text = text.replace("flag --", "--")
+    if isinstance(e, AttributeError) or "Did you mean" in text:       # an override naming no field
+        overrides = [a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--config.")]
+        field = re.match(r"'?(\w+)'?", text)
+        named = [o for o in overrides if field and o.rsplit(".", 1)[-1] == field.group(1)]
+        return f"{named[0] if named else '--config.*'}: no such config field ({text})"
+    if not isinstance(e, flags.Error) and spec:
+        return f"--config={spec}: {text}"
+    return text
+
+
 def _parse_flags(argv):
     """absl parsing, but a bad flag, config file or override key is one line and exit 2."""
+    spec = _config_spec(argv[1:])
+    if spec is not None and not Path(spec.split(":", 1)[0]).is_file():
+        sys.exit(cli.error(f"--config={spec}: config file {spec.split(':', 1)[0]} not found"))
     try:
         rest = FLAGS(argv)
         FLAGS.config.get("seed")  # config_flags defers a failed load; trip it here, inside the try
         return rest
     except Exception as e:  # noqa: BLE001 - flags, config files and overrides raise many types
-        text = str(e)
-        if "Traceback" in text:  # a config file that raised: keep the flag and its last line
-            lines = [l for l in text.splitlines() if l.strip()]
-            text = f"{lines[0].split(': Error')[0]}: {lines[-1]}"
-        message = " ".join(text.replace("\\n", " ").split()).strip("'\"")
-        from psm_jax import cli
-        sys.exit(cli.error(f"{type(e).__name__}: {message}"))
+        sys.exit(cli.error(_flag_message(e, spec)))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 ``L_pcp = sum_i ||phi_i(x) - phi_i(x_hat)||_2^2`` with ``phi_i`` the outputs of a pre-trained
 ResNet-50. As in LaMa, the network is the *dilated* ResNet-50 (layer3/layer4 keep stride 8 and
 dilate instead, which is what gives the large receptive field), the layers are layer1..layer4,
-and each ``||.||^2`` is a mean squared difference over its feature map (so layers of different
-sizes weigh alike). Images in [-1, 1] are mapped to [0, 1] and ImageNet-normalised first.
+and each ``||.||^2`` is by default a mean squared difference over its feature map (so layers of
+different sizes weigh alike; ``loss.pcp_reduction = "sum"`` is the literal per-image sum).
+Images in [-1, 1] are mapped to [0, 1] and ImageNet-normalised first.
 
 The ResNet is frozen: its variables pass through ``stop_gradient``, the BatchNorms use running
 statistics, and it is never in an optimizer.
@@ -37,6 +38,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_LAYERS: tuple[str, ...] = resnet.LAYER_NAMES       # layer1..layer4, as LaMa
 FEATURE_NAMES: tuple[str, ...] = ("stem",) + resnet.LAYER_NAMES
+# How ||phi_i(x) - phi_i(x_hat)||_2^2 reduces a layer (``loss.pcp_reduction``): "mean" over the
+# feature map (LaMa's HRF loss, so layers of different sizes weigh alike) or "sum" per image
+# (Eq. 9 as written), then the batch mean.
+REDUCTIONS = ("mean", "sum")
 
 
 def imagenet_normalize(x_BHWC: jax.Array) -> jax.Array:
@@ -52,8 +57,11 @@ class PerceptualLoss:
     model: resnet.ResNet = dataclasses.field(default_factory=resnet.ResNet50Dilated)
     layers: tuple[str, ...] = DEFAULT_LAYERS
     layer_weights: tuple[float, ...] | None = None   # None: every layer weighs 1
+    reduction: str = "mean"                          # see REDUCTIONS
 
     def __post_init__(self):
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"loss.pcp_reduction={self.reduction!r}: expected one of {list(REDUCTIONS)}")
         bad = [n for n in self.layers if n not in FEATURE_NAMES]
         if bad or not self.layers:
             raise ValueError(f"loss.perceptual_layers: unknown or empty {list(self.layers)}; "
@@ -75,8 +83,11 @@ class PerceptualLoss:
         weights = self.layer_weights or (1.0,) * len(self.layers)
         total = jnp.zeros((), jnp.float32)
         for name, w in zip(self.layers, weights):
-            diff = f_pred[name].astype(jnp.float32) - f_target[name].astype(jnp.float32)
-            total = total + w * jnp.mean(jnp.square(diff))
+            sq_BHWC = jnp.square(f_pred[name].astype(jnp.float32) - f_target[name].astype(jnp.float32))
+            if self.reduction == "sum":
+                total = total + w * jnp.mean(jnp.sum(sq_BHWC, axis=(1, 2, 3)))
+            else:
+                total = total + w * jnp.mean(sq_BHWC)
         return total
 
 
@@ -111,7 +122,8 @@ def make_perceptual_fn(cfg: Any, *, model: resnet.ResNet | None = None, seed: in
                              "stages of >= 1 block and a width >= 1 (ResNet-50: (3, 4, 6, 3), 64)")
         model = resnet.ResNet(stage_sizes=stages, base_width=width,
                               replace_stride_with_dilation=(False, True, True) if dilated else (False,) * 3)
-    loss = PerceptualLoss(model=model, layers=layers, layer_weights=layer_weights)
+    loss = PerceptualLoss(model=model, layers=layers, layer_weights=layer_weights,
+                          reduction=str(_get(loss_cfg, "pcp_reduction", "mean")))
 
     if path and random_init:
         raise ValueError(f"loss.perceptual_weights={path!r} and loss.perceptual_random_init=True "

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
 
 def _hms(seconds: float) -> str:
     if seconds != seconds:  # NaN
@@ -38,13 +41,8 @@ class RunLog:
         if not enabled:
             return
         self._jsonl = open(Path(workdir) / "metrics.jsonl", "a", buffering=1)
-        try:
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(Path(workdir) / "tb"))
-        except ImportError:  # pragma: no cover - tensorboardX is in requirements
-            self._tb = None
+        self._tb = SummaryWriter(str(Path(workdir) / "tb"))
         if progress_bar and sys.stderr.isatty():
-            from tqdm import tqdm
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              desc="train")
 

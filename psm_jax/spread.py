@@ -237,6 +237,7 @@ def pixel_spread(
     resample_committed: bool = True,
     uncertainty_map: str = "minmax",
     picker: str = "top_k",
+    init_value: float = 0.0,
 ) -> dict[str, jax.Array]:
     """Runs T = num_iters pixel-spread iterations (Eq. 4-5).
 
@@ -265,6 +266,8 @@ def pixel_spread(
         sampled; earlier ones keep their values (see the module docstring).
       uncertainty_map: "minmax" or "exp", the sigma -> u~ map (module docstring).
       picker: "top_k" (static k) or "sort"; identical picks. "sort" for symbolic shapes.
+      init_value: the value of the pixels not known yet in the network's input x (Sec. 3.2:
+        "missing pixels are initialized with the same specified values").
 
     Returns:
       dict with "image" (x_0 + (1-m_0) mean_T, or with ``resample_committed=False`` each hole
@@ -282,7 +285,7 @@ def pixel_spread(
         k_max = max_pick_increment(image.shape[1] * image.shape[2], num_iters, schedule)
     known0_BHW1 = mask > 0.5
     m0_BHW1 = known0_BHW1.astype(image.dtype)
-    x0_BHW3 = jnp.where(known0_BHW1, image, jnp.zeros_like(image))
+    x0_BHW3 = jnp.where(known0_BHW1, image, jnp.full_like(image, init_value))
     u0_BHW1 = 1.0 - m0_BHW1
     num_holes_B = jnp.sum(~known0_BHW1, axis=(1, 2, 3)).astype(jnp.int32)
     counts_BT = schedule_counts(num_holes_B, num_iters, schedule)
@@ -315,7 +318,7 @@ def pixel_spread(
             fresh_BHW1 = gen_BHW1 & (m_BHW1 < 0.5)  # picked in this iteration
         x_new_BHW3 = jnp.where(known0_BHW1, image,
                                jnp.where(fresh_BHW1, sample_BHW3,
-                                         jnp.where(gen_BHW1, x_BHW3, jnp.zeros_like(sample_BHW3))))
+                                         jnp.where(gen_BHW1, x_BHW3, jnp.full_like(sample_BHW3, init_value))))
         out = None
         if return_trajectory:
             out = dict(mean=mean_BHW3, std=sigma_BHW3, log_var=log_var_BHW3, x=x_new_BHW3,

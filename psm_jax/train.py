@@ -33,7 +33,9 @@ import numpy as np
 
 from psm_jax import checkpoint as ckpt
 from psm_jax import config_lib
+from psm_jax import perceptual
 from psm_jax import sharding as shd
+from psm_jax import train_eval
 from psm_jax import train_step as ts
 from psm_jax import workdir_lock
 from psm_jax.data import pipeline
@@ -51,8 +53,6 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_models(config: ml_collections.ConfigDict) -> ts.Models:
-    from psm_jax import perceptual
-
     G = Generator(**config.model)
     D = Discriminator(resolution=config.model.resolution, img_channels=3, **config.discriminator)
     pcp_params, pcp_fn = (None, None)
@@ -177,8 +177,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     lock = workdir_lock.acquire(workdir) if is_main else None   # one job per workdir
     try:
         config_json = config.to_json_best_effort(sort_keys=True)
-        if is_main:
-            (workdir / "config.json").write_text(config_json)
 
         # ------------------------------------------------------------------ mesh
         mesh = shd.make_mesh(config.mesh.fsdp)
@@ -194,12 +192,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
         # ------------------------------------------------------------------ models and state
         program = compiled_program(config, mesh)
-        models, abstract, state_sh = program.models, program.abstract, program.state_sh
+        abstract, state_sh = program.abstract, program.state_sh
         batch_sharding = program.batch_sharding
         mngr = ckpt.make_manager(workdir, keep=config.keep_ckpts)
         latest = mngr.latest_step()
         if latest is not None:
-            ckpt.check_compatible(json.loads(ckpt.read_meta(mngr, latest)["config"]), json.loads(config_json))
             target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   abstract, state_sh)
             # The newest checkpoint may be damaged (a disk fault, a truncated copy): resume from the
@@ -207,27 +204,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             state, bad, same_layout = None, [], True
             for step_ in sorted(mngr.all_steps(), reverse=True):
                 try:
+                    saved_config = json.loads(ckpt.read_meta(mngr, step_)["config"])
+                    # A readable step of another model is the user's mistake, not damage: refuse.
+                    ckpt.check_compatible(saved_config, json.loads(config_json))
                     same_layout = ckpt.data_state_matches(mngr, step_)
                     state, _ = ckpt.restore(mngr, step_, target, data_iter if same_layout else None)
-                except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
-                    print(f"warning: checkpoint step {step_} in {mngr.directory} is unreadable "
-                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); trying an older one",
-                          flush=True)
-                    bad.append(step_)
+                except ckpt.CheckpointReadError as e:
+                    bad.append(e)
                     continue
                 latest = step_
                 break
             if state is None:
-                raise ValueError(f"{mngr.directory}: no checkpoint could be read back (steps "
-                                 f"{sorted(mngr.all_steps())}); move it away to start from scratch")
+                others = f" (steps {', '.join(str(e.step) for e in bad[1:])} too)" if bad[1:] else ""
+                raise ckpt.CheckpointReadError(
+                    f"{bad[0]}{others}, and no older step reads back: move {mngr.directory} away (or "
+                    "use another --workdir) to train from scratch", bad[0].step, bad[0].path)
+            for e in bad:
+                print(f"warning: {e}; resuming from step {latest}", flush=True)
             if bad:
                 # Keep the damaged steps for inspection, out of the way of the steps to be re-saved.
                 if is_main:
                     aside = workdir / "checkpoints_unreadable"
                     aside.mkdir(exist_ok=True)
-                    for step_ in bad:
-                        os.replace(Path(mngr.directory) / str(step_), aside / f"{step_}.{int(time.time())}")
-                    print(f"warning: moved unreadable step(s) {bad} to {aside}", flush=True)
+                    for e in bad:
+                        os.replace(e.path, aside / f"{e.step}.{int(time.time())}")
+                    print(f"warning: moved unreadable step(s) {[e.step for e in bad]} to {aside}", flush=True)
                 if jax.process_count() > 1:
                     multihost_utils.sync_global_devices("psm_jax: unreadable checkpoints moved")
                 mngr.reload()
@@ -246,6 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         start_step = int(jax.device_get(state["step"]))
         meta = ckpt.run_metadata(config_json)
         if is_main:
+            # Written once the run's state is settled: a refused resume leaves the old config.json.
+            (workdir / "config.json").write_text(config_json)
             # What this start ran with (a resumed run may have another device count or code version).
             record = {**meta, "config": json.loads(config_json), "start_step": start_step,
                       "process_count": jax.process_count(), "device_count": jax.device_count(),
@@ -262,7 +265,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         # ------------------------------------------------------------------ evaluation
         evaluator = None
         if config.eval.every:
-            from psm_jax import train_eval
             evaluator = train_eval.TrainEvaluator(config)
 
         def _evaluate(step_done):
@@ -329,8 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     # Every process must agree to stop at the same step, or the save deadlocks.
                     stop = bool(multihost_utils.process_allgather(np.asarray(preempted["flag"])).any())
                 if config.sample_every and done % config.sample_every == 0 and is_main:
-                    from psm_jax.visualize import save_sample_grid
-                    save_sample_grid(config, models, state, sample_batch, workdir / f"samples/{done:08d}.png")
+                    train_eval.save_sample_grid(config, state, sample_batch, workdir / f"samples/{done:08d}.png")
                 if stop or done % config.ckpt_every == 0 or done == config.total_steps:
                     last = _flush(pending)       # never checkpoint a diverged state
                     pending = None

@@ -1,4 +1,5 @@
-"""Evaluation inside training (big_vision style): the EMA generator on a fixed eval set.
+"""Evaluation inside training (big_vision style): the EMA generator on a fixed eval set, and the
+sample figures the trainer writes every ``sample_every`` steps (:func:`save_sample_grid`).
 
 Every ``eval.every`` steps (and at the last step) the trainer calls :class:`TrainEvaluator`:
 G_ema runs the test-time spread (``spread.test_iters`` iterations, or ``eval.iters``) on the
@@ -26,7 +27,14 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
+from psm_jax.checkpoint import ema_variables
+from psm_jax.data.pipeline import make_eval_dataset
+from psm_jax.evaluators.inception import InceptionFeatures
+from psm_jax.evaluators.inpainting import evaluate_batches
+from psm_jax.inpaint import make_inpaint_fn
+from psm_jax.visualize import save_grid, spread_figure_from_output
 
 
 def is_eval_step(config: ml_collections.ConfigDict, step: int) -> bool:
@@ -64,9 +72,6 @@ class TrainEvaluator:
     """
 
     def __init__(self, config: ml_collections.ConfigDict):
-        from psm_jax.data.pipeline import make_eval_dataset
-        from psm_jax.inpaint import make_inpaint_fn
-
         ev = config.eval
         self.iters = int(ev.iters or config.spread.test_iters)
         self.seed = int(ev.seed)
@@ -79,15 +84,11 @@ class TrainEvaluator:
         self.inception = None
         self.real_features = None
         if ev.inception:
-            from psm_jax.evaluators.inception import InceptionFeatures
-
             self.inception = InceptionFeatures.from_npz(ev.inception)
 
     def __call__(self, variables: Any) -> dict[str, float]:
-        from psm_jax.evaluators.inpainting import run_spread
-
-        run = run_spread(self.fn, variables, self.batches, key=jax.random.key(self.seed),
-                         inception=self.inception, need_real_features=self.real_features is None)
+        run = evaluate_batches(self.fn, variables, self.batches, key=jax.random.key(self.seed),
+                               inception=self.inception, need_real_features=self.real_features is None)
         if self.inception is not None and self.real_features is None:
             self.real_features = np.concatenate(run.real_features)   # the reals never change
         values = run.summary(self.real_features, fid_method="eigh", with_ids=False)
@@ -101,11 +102,23 @@ class TrainEvaluator:
 
 def gather_ema_variables(state: dict[str, Any]) -> Any:
     """G_ema's variables as host arrays on every process (any sharding, any process count)."""
-    from psm_jax.inpaint import ema_variables
-
     tree = ema_variables(state)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         return multihost_utils.process_allgather(tree, tiled=True)
     return jax.device_get(tree)
+
+
+_SAMPLE_FNS: dict[int, Any] = {}
+
+
+def save_sample_grid(config: ml_collections.ConfigDict, state: dict[str, Any], batch: dict[str, np.ndarray],
+                     path: str | Path, max_images: int = 8) -> Path:
+    """Runs the test-time spread with G_ema on a fixed training batch and writes the figure PNG
+    (``visualize.spread_strip``: input, mu_t and sigma_t per iteration, output, ground truth)."""
+    key = id(config)
+    if key not in _SAMPLE_FNS:   # one compiled spread per run config
+        _SAMPLE_FNS[key] = make_inpaint_fn(config)
+    image = np.asarray(batch["image"][:max_images])
+    mask = np.asarray(batch["mask"][:max_images])
+    out = _SAMPLE_FNS[key](jax.device_get(ema_variables(state)), image, mask, jax.random.key(config.seed))
+    return save_grid(spread_figure_from_output(image, mask, out, ground_truth=image), path)

@@ -48,6 +48,7 @@ from psm_jax import losses
 from psm_jax.models.generator import make_apply_fn
 from psm_jax.models.mapping import MappingNetwork
 from psm_jax.spread import pixel_spread
+from psm_jax.spread_config import spread_kwargs
 
 State = dict[str, Any]
 
@@ -150,11 +151,8 @@ def _spread_fakes(g_params, state, batch, key, *, config, models):
     sp = config.spread
     apply_fn = generator_apply_fn(models, variables, style_mixing_prob=config.loss.style_mixing_prob)
     out = pixel_spread(apply_fn, real.astype(dt), m0.astype(dt), k_spread, num_iters=sp.train_iters,
-                       schedule=sp.schedule, alpha=sp.alpha, return_trajectory=True, remat=sp.remat,
-                       stop_grad_between_iters=not sp.grad_through_iters,
-                       unroll=True if sp.unroll_train else 1,
-                       resample_committed=sp.resample_committed,
-                       uncertainty_map=sp.uncertainty_map, picker=sp.picker)
+                       return_trajectory=True, remat=sp.remat, stop_grad_between_iters=not sp.grad_through_iters,
+                       unroll=True if sp.unroll_train else 1, **spread_kwargs(config))
     traj = jax.tree.map(lambda a: a.astype(jnp.float32), out["trajectory"])
     mean_TBHWC, log_var_TBHWC = traj["mean"], traj["log_var"]
     T = mean_TBHWC.shape[0]

@@ -1,7 +1,8 @@
 """Figures of the pixel spread (paper Fig. 3): labelled panel grids with a sigma colour bar.
 
 One function draws every spread figure in the project (training samples, the demo report,
-``inpaint --save_steps``): :func:`spread_strip`. One row per image; columns, each labelled:
+``inpaint --save_steps``): :func:`spread_strip`. This module only draws: it imports no model and
+runs nothing (the training sample hook is ``train_eval.save_sample_grid``). One row per image; columns, each labelled:
 
     input (masked) | mu_1 | sigma_1 | [m_1] | ... | mu_T | sigma_T | [m_T] | output | [ground truth]
 
@@ -19,6 +20,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from psm_jax.data.transforms import from_model_range
 
@@ -49,8 +51,6 @@ def upscale(image_u8: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _font():
-    from PIL import ImageFont
-
     try:  # Pillow >= 10.1 ships a scalable default font
         return ImageFont.load_default(size=12)
     except TypeError:  # pragma: no cover - older Pillow
@@ -59,8 +59,6 @@ def _font():
 
 def _text_band(width: int, texts: Sequence[str], cell_w: int, height: int = LABEL_HEIGHT) -> np.ndarray:
     """A white band with one centred label per cell."""
-    from PIL import Image, ImageDraw
-
     band = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(band)
     font = _font()
@@ -72,8 +70,6 @@ def _text_band(width: int, texts: Sequence[str], cell_w: int, height: int = LABE
 
 def colorbar(height: int, vmax: float, vmin: float = 0.0, label: str = "sigma", width: int = 64) -> np.ndarray:
     """A vertical viridis bar [height, width, 3] with its top/middle/bottom values written beside it."""
-    from PIL import Image, ImageDraw
-
     bar_w = 14
     ramp = np.linspace(vmax, vmin, max(height - 2 * LABEL_HEIGHT, 8))[:, None]
     bar = heatmap(np.repeat(ramp, bar_w, axis=1), vmax, vmin)
@@ -164,8 +160,6 @@ def method_grid(columns: dict[str, np.ndarray], min_cell: int = 128) -> np.ndarr
 
 
 def save_grid(grid: np.ndarray, path: str | Path) -> Path:
-    from PIL import Image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
@@ -176,27 +170,3 @@ def spread_figure_from_output(image: np.ndarray, mask: np.ndarray, out: dict[str
     """:func:`spread_strip` from a ``pixel_spread(..., return_trajectory=True)`` result."""
     out = jax.device_get(out)
     return spread_strip(image, mask, out["trajectory"], np.asarray(out["image"]), **kw)
-
-
-def save_sample_grid(config, models, state, batch: dict[str, np.ndarray], path: str | Path,
-                     max_images: int = 8) -> Path:
-    """Runs the test-time spread with G_ema on a fixed batch and writes the figure PNG."""
-    from psm_jax.inpaint import ema_variables
-
-    fn = _cached_fn(config)
-    image = np.asarray(batch["image"][:max_images])
-    mask = np.asarray(batch["mask"][:max_images])
-    out = fn(jax.device_get(ema_variables(state)), image, mask, jax.random.key(config.seed))
-    return save_grid(spread_figure_from_output(image, mask, out, ground_truth=image), path)
-
-
-_FNS: dict[int, Any] = {}
-
-
-def _cached_fn(config):
-    from psm_jax.inpaint import make_inpaint_fn
-
-    key = id(config)
-    if key not in _FNS:
-        _FNS[key] = make_inpaint_fn(config)
-    return _FNS[key]

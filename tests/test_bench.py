@@ -23,7 +23,7 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_generator_json_lines_have_the_documented_keys():
-    r = _bench("generator.py", "--resolution", "32", "--batch", "1", "2", "--repeats", "1", "--json")
+    r = _bench("generator.py", "--resolution", "32", "--batch_size", "1", "2", "--repeats", "1", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert [(row["resolution"], row["batch"]) for row in rows] == [(32, 1), (32, 2)]
@@ -44,7 +44,7 @@ def test_bad_arguments_are_one_line_errors():
 
 @pytest.mark.slow
 def test_demo_learning_scores_the_demo_eval_set():
-    r = _bench("demo_learning.py", "--model", "unet", "--kind", "tiles", "--steps", "10", "--eval_images", "16")
+    r = _bench("demo_learning.py", "--model", "unet", "--kind", "tiles", "--steps", "10", "--num_eval_images", "16")
     assert r.returncode == 0, r.stderr[-2000:]
     (row,) = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert {"model", "kind", "steps", "hole_l1", "telea", "mean_fill", "train_l1_last100", "img_per_s"} <= row.keys()
@@ -52,9 +52,9 @@ def test_demo_learning_scores_the_demo_eval_set():
     # All three are hole L1 in 0-255 over the same images: positive, finite, and not all equal.
     scores = [row["hole_l1"], row["telea"], row["mean_fill"]]
     assert all(0 < s < 255 for s in scores) and len(set(scores)) == 3
-    r = _bench("demo_learning.py", "--model", "unet", "--nll-weight", "1")
+    r = _bench("demo_learning.py", "--model", "unet", "--nll_weight", "1")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "--nll-weight" in r.stderr.strip().splitlines()[-1]
+    assert "--nll_weight" in r.stderr.strip().splitlines()[-1]
     # argparse's own errors are one line too (bench/common.ArgumentParser), not the usage block.
     r = _bench("demo_learning.py", "--model", "foo")
     assert r.returncode == 2 and "--model" in r.stderr and len(r.stderr.strip().splitlines()) == 1

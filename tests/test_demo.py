@@ -63,7 +63,7 @@ def _check_report_keys(report: dict, num_images: int, iters: int) -> None:
 def smoke(tmp_path_factory):
     """The real demo config at 1/20 of its length, scored on 16 held-out digits: (workdir, args, run)."""
     config = load_config(str(REPO / "configs" / "demo.py"))
-    args = ("--steps", str(max(1, config.total_steps // 20)), "--eval_images", "16")
+    args = ("--steps", str(max(1, config.total_steps // 20)), "--num_eval_images", "16")
     w = tmp_path_factory.mktemp("smoke") / "demo"
     r = _demo(w, *args)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -228,7 +228,7 @@ def test_summary_cli(capsys):
     assert s["flops_forward"] > 0 and s["resolution"] == 32
     assert summary.main(["--config", "does/not/exist.py"]) == 2
     assert "does/not/exist.py" in capsys.readouterr().err
-    assert summary.main(["--variant", "tiny", "--batch", "0"]) == 2
+    assert summary.main(["--variant", "tiny", "--batch_size", "0"]) == 2
 
 
 @pytest.mark.slow  # shares the compiled tiny variables; one extra compile

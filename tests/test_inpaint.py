@@ -147,13 +147,14 @@ def _assert_one_line_error(rc, lines, *needles, out: Path | None = None):
 
 def test_cli_mismatched_name(capsys, shell_workdir, folder):
     (folder / "msk" / "b.png").rename(folder / "msk" / "c.png")
-    rc, lines = _cli(capsys, "--workdir", shell_workdir, "--image", folder / "img", "--mask", folder / "msk",
+    rc, lines = _cli(capsys, "--workdir", shell_workdir, "--images", folder / "img", "--masks", folder / "msk",
                      "--out", folder / "out")
     _assert_one_line_error(rc, lines, "b.png", "no mask", out=folder / "out")
 
 
 def test_cli_all_hole_mask(capsys, shell_workdir, folder):
     Image.fromarray(np.zeros((40, 56), np.uint8)).save(folder / "msk" / "b.png")
+    # --image / --mask: the singular spellings are kept as aliases of --images / --masks.
     rc, lines = _cli(capsys, "--workdir", shell_workdir, "--image", folder / "img", "--mask", folder / "msk",
                      "--out", folder / "out")
     _assert_one_line_error(rc, lines, "b.png", "all hole", out=folder / "out")
@@ -161,26 +162,26 @@ def test_cli_all_hole_mask(capsys, shell_workdir, folder):
 
 def test_cli_unreadable_image(capsys, shell_workdir, folder):
     (folder / "img" / "b.png").write_bytes(b"not a png")
-    rc, lines = _cli(capsys, "--workdir", shell_workdir, "--image", folder / "img", "--mask", folder / "msk",
+    rc, lines = _cli(capsys, "--workdir", shell_workdir, "--images", folder / "img", "--masks", folder / "msk",
                      "--out", folder / "out")
     _assert_one_line_error(rc, lines, "b.png", "cannot read", out=folder / "out")
 
 
 def test_cli_missing_checkpoint(capsys, folder):
-    rc, lines = _cli(capsys, "--workdir", folder / "nope", "--image", folder / "img", "--mask", folder / "msk",
+    rc, lines = _cli(capsys, "--workdir", folder / "nope", "--images", folder / "img", "--masks", folder / "msk",
                      "--out", folder / "out")
     _assert_one_line_error(rc, lines, "nope", "does not exist", out=folder / "out")
 
 
 def test_cli_mask_aspect_mismatch_and_missing_file(capsys, shell_workdir, folder):
     Image.fromarray(np.full((40, 40), 255, np.uint8)).save(folder / "msk" / "b.png")
-    rc, lines = _cli(capsys, "--workdir", shell_workdir, "--image", folder / "img", "--mask", folder / "msk",
+    rc, lines = _cli(capsys, "--workdir", shell_workdir, "--images", folder / "img", "--masks", folder / "msk",
                      "--out", folder / "out")
     _assert_one_line_error(rc, lines, "b.png", "sizes differ", out=folder / "out")
-    rc, lines = _cli(capsys, "--workdir", shell_workdir, "--image", folder / "img" / "zz.png", "--mask", folder / "msk",
-                     "--out", folder / "out")
+    rc, lines = _cli(capsys, "--workdir", shell_workdir, "--images", folder / "img" / "zz.png", "--masks",
+                     folder / "msk", "--out", folder / "out")
     _assert_one_line_error(rc, lines, "zz.png", "does not exist")
-    rc, lines = _cli(capsys, "--workdir", shell_workdir, "--image", folder / "img", "--mask", folder / "msk",
+    rc, lines = _cli(capsys, "--workdir", shell_workdir, "--images", folder / "img", "--masks", folder / "msk",
                      "--out", folder / "out", "--strategy", "stretch")
     _assert_one_line_error(rc, lines, "--strategy")
 
@@ -229,7 +230,7 @@ def test_cli_large_rgba_with_gray_mask_of_another_size(capsys, workdir, tmp_path
     alpha = rng.integers(0, 256, (700, 1000), dtype=np.uint8)
     Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "big.png")
     Image.fromarray((fx.box_mask(350, 500) * 255).astype(np.uint8), mode="L").save(tmp_path / "big_mask.png")
-    rc, lines = _cli(capsys, "--workdir", workdir, "--image", tmp_path / "big.png", "--mask",
+    rc, lines = _cli(capsys, "--workdir", workdir, "--images", tmp_path / "big.png", "--masks",
                      tmp_path / "big_mask.png", "--out", tmp_path / "out", "--iters", fx.ITERS)
     assert rc == 0, lines
     assert any("hole ratio" in ln for ln in lines)
@@ -249,7 +250,7 @@ def test_cli_num_samples_and_save_steps(capsys, workdir, tmp_path):
     mask = (fx.box_mask(40, 56) * 255).astype(np.uint8)
     mask[0, 0] = 100                                                # non-binary: warned, thresholded
     Image.fromarray(mask).save(tmp_path / "m.png")
-    rc, lines = _cli(capsys, "--workdir", workdir, "--image", tmp_path / "x.png", "--mask", tmp_path / "m.png",
+    rc, lines = _cli(capsys, "--workdir", workdir, "--images", tmp_path / "x.png", "--masks", tmp_path / "m.png",
                      "--out", tmp_path / "out", "--num_samples", 3, "--save_steps", "--iters", fx.ITERS)
     assert rc == 0, lines
     assert any(ln.startswith("warning:") and "not binary" in ln for ln in lines)

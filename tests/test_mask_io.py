@@ -137,7 +137,18 @@ def test_name_mismatch_is_refused(tmp_path):
     _touch(tmp_path / "mask", ["a.png", "b.png", "d.png"])
     with pytest.raises(MaskPairingError, match="c.jpg has no mask") as e:
         pair_masks(images, tmp_path / "mask")
-    assert "\n" not in str(e.value) and "by='order'" in str(e.value)
+    assert "\n" not in str(e.value) and "x_mask.png" in str(e.value)
+
+
+def test_mask_stem_may_carry_a_mask_suffix(tmp_path):
+    images = _touch(tmp_path / "img", ["a.jpg", "b.jpg"])
+    _touch(tmp_path / "mask", ["a_mask.png", "b.png"])
+    pairs = pair_masks(images, tmp_path / "mask")
+    assert [(i.name, m.name) for i, m in pairs] == [("a.jpg", "a_mask.png"), ("b.jpg", "b.png")]
+    _touch(tmp_path / "mask", ["a.png"])                   # a.png and a_mask.png: which one?
+    _touch(tmp_path / "img", ["c.jpg"])
+    with pytest.raises(MaskPairingError, match="share the file stem 'a'"):
+        pair_masks(images + [tmp_path / "img" / "c.jpg"], tmp_path / "mask")
 
 
 def test_unrelated_names_need_explicit_order_pairing(tmp_path):
@@ -158,7 +169,7 @@ def test_missing_mask_dir_is_refused(tmp_path):
 
 def test_make_masks_writes_a_seeded_set(tmp_path):
     out = tmp_path / "set"
-    argv = ["--kind", "small", "--resolution", "64", "--num", "5", "--seed", "3", "--no-progress"]
+    argv = ["--kind", "small", "--resolution", "64", "--num", "5", "--seed", "3", "--no_progress"]
     assert make_masks.main(argv + ["--out", str(out)]) == 0
     files = sorted(out.glob("*.png"))
     assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
@@ -166,7 +177,7 @@ def test_make_masks_writes_a_seeded_set(tmp_path):
     assert all(m.shape == (64, 64) and 0 < m.mean() < 1 for m in masks)
     assert json.loads((out / "make_masks.json").read_text())["seed"] == 3
     # Same seed -> same files; mask i does not depend on how many are made.
-    assert make_masks.main(argv[:5] + ["2", "--seed", "3", "--no-progress", "--out", str(tmp_path / "b")]) == 0
+    assert make_masks.main(argv[:5] + ["2", "--seed", "3", "--no_progress", "--out", str(tmp_path / "b")]) == 0
     for i in range(2):
         assert (tmp_path / "b" / f"{i:06d}.png").read_bytes() == files[i].read_bytes()
 
@@ -175,18 +186,18 @@ def test_make_masks_refuses_non_empty_out(tmp_path, capsys):
     out = tmp_path / "set"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    assert make_masks.main(["--num", "1", "--resolution", "32", "--out", str(out), "--no-progress"]) == 2
+    assert make_masks.main(["--num", "1", "--resolution", "32", "--out", str(out), "--no_progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "not empty" in err and "--overwrite" in err and "\n" not in err
-    assert make_masks.main(["--num", "1", "--resolution", "32", "--out", str(out), "--no-progress",
+    assert make_masks.main(["--num", "1", "--resolution", "32", "--out", str(out), "--no_progress",
                             "--overwrite"]) == 0
     assert (out / "keep.txt").exists() and (out / "000000.png").exists()
 
 
-@pytest.mark.parametrize("bad", [["--num", "0"], ["--resolution", "4"], ["--hole-range", "0.6", "0.2"],
+@pytest.mark.parametrize("bad", [["--num", "0"], ["--resolution", "4"], ["--hole_range", "0.6", "0.2"],
                                  ["--workers", "0"], ["--rng", "legacy", "--workers", "2"]])
 def test_make_masks_bad_flags_exit_2(tmp_path, capsys, bad):
-    argv = ["--num", "2", "--resolution", "32", "--out", str(tmp_path / "o"), "--no-progress"]
+    argv = ["--num", "2", "--resolution", "32", "--out", str(tmp_path / "o"), "--no_progress"]
     assert make_masks.main(argv + bad) == 2
     assert capsys.readouterr().err.startswith("error: python -m psm_jax.data.make_masks:")
 
@@ -197,14 +208,14 @@ def test_make_masks_legacy_stream_is_mats(tmp_path):
 
     out = tmp_path / "legacy"
     assert make_masks.main(["--rng", "legacy", "--num", "3", "--resolution", "64", "--seed", "9",
-                            "--out", str(out), "--no-progress"]) == 0
+                            "--out", str(out), "--no_progress"]) == 0
     expected = random_masks(np.random.RandomState(9), 3, 64)
     got = np.stack([load_mask(out / f"{i:06d}.png") for i in range(3)])
     np.testing.assert_array_equal(got, expected)
 
 
 def test_make_masks_workers_give_the_same_set(tmp_path):
-    argv = ["--num", "3", "--resolution", "32", "--seed", "1", "--no-progress"]
+    argv = ["--num", "3", "--resolution", "32", "--seed", "1", "--no_progress"]
     assert make_masks.main(argv + ["--out", str(tmp_path / "one")]) == 0
     assert make_masks.main(argv + ["--workers", "2", "--out", str(tmp_path / "two")]) == 0
     for i in range(3):

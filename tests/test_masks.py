@@ -144,15 +144,15 @@ def test_other_resolutions_give_sensible_hole_ratios(resolution: int, kind: str,
 # ---------------------------------------------------------------- mask_stats CLI
 
 def test_mask_stats_cli(capsys):
-    rc = mask_stats.main(["--generate", "--resolution", "64", "--num", "30", "--no-components"])
+    rc = mask_stats.main(["--generate", "--resolution", "64", "--num", "30", "--no_components"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["stats"]["n"] == 30 and len(out["stats"]["hole_ratio_hist_counts"]) == 20
 
 
 def test_mask_stats_cli_bad_input(tmp_path, capsys):
-    assert mask_stats.main(["--dir", str(tmp_path / "missing")]) == 2
+    assert mask_stats.main(["--masks", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("mask_stats: error:") and "missing" in err and "\n" not in err
-    assert mask_stats.main(["--dir", str(tmp_path)]) == 2  # empty folder
+    assert err.startswith("error:") and "--masks" in err and "missing" in err and "\n" not in err
+    assert mask_stats.main(["--masks", str(tmp_path)]) == 2  # empty folder
     assert "no mask files" in capsys.readouterr().err

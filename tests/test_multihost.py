@@ -61,7 +61,7 @@ def _train(workdir: Path, steps: int, *, processes: int, devices: int, ckpt_ever
 
 def _state(workdir: Path, step: int | None = None) -> dict:
     mngr = ckpt.make_manager(workdir, async_save=False, data_handler=False)
-    return ckpt._restore_numpy(mngr, mngr.latest_step() if step is None else step)
+    return ckpt.restore_numpy(mngr, mngr.latest_step() if step is None else step)
 
 
 def _assert_close(ref: dict, got: dict) -> None:

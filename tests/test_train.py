@@ -105,7 +105,7 @@ def test_losses_decrease_on_tiny(tmp_path):
 
 def _params(workdir: Path) -> dict:
     mngr = ckpt.make_manager(workdir, async_save=False, data_handler=False)
-    return ckpt._restore_numpy(mngr, mngr.latest_step())
+    return ckpt.restore_numpy(mngr, mngr.latest_step())
 
 
 @pytest.mark.slow

@@ -171,7 +171,7 @@ def test_decode_transform_marks_corrupt_records():
     ok = d.map({"raw": _encode(Image.fromarray(_rgb())), "name": "a.png", "index": 3})
     assert ok["image"].shape == (6, 5, 3) and int(ok["index"]) == 3
     bad = d.map({"raw": b"xx", "name": "b.png", "index": 4})
-    assert bad == {"index": 4, T.CORRUPT: "b.png"}
+    assert bad == {"index": 4, T.CORRUPT: "b.png", T.CORRUPT_REASON: "cannot identify image file"}
     arr = d.map({"raw": _rgb(), "name": "0", "index": 0})  # synthetic: already decoded
     assert arr["image"].shape == (6, 5, 3)
 

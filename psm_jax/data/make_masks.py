@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from psm_jax import cli
 from psm_jax.data.mask_io import save_mask
@@ -52,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--hole-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+    p.add_argument("--hole_range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                    help="keep masks with LO < hole ratio < HI (MAT's hole_range)")
     p.add_argument("--rng", choices=["generator", "legacy"], default="generator",
                    help="generator: per-mask default_rng([seed, i]); legacy: one RandomState(seed) stream")
     p.add_argument("--workers", type=int, default=1, help="processes (generator rng only)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
 
     if args.num < 1:
@@ -67,14 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--resolution must be an integer >= 8, got {args.resolution}")
     lo, hi = args.hole_range
     if not 0.0 <= lo < hi <= 1.0:
-        return _fail(f"--hole-range must satisfy 0 <= LO < HI <= 1, got {lo} {hi}")
+        return _fail(f"--hole_range must satisfy 0 <= LO < HI <= 1, got {lo} {hi}")
     if args.workers < 1:
         return _fail(f"--workers must be >= 1, got {args.workers}")
     if args.rng == "legacy" and args.workers > 1:
         return _fail("--rng legacy is one sequential stream; use --workers 1")
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        return _fail(f"--out {out} exists and is not a directory")
+    try:
+        cli.check_output(out, "--out", folder=True)
+    except ValueError as e:
+        return _fail(str(e))
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         return _fail(f"--out {out} is not empty; pass --overwrite to write into it")
     try:
@@ -83,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         random_mask(np.random.default_rng(0), args.resolution, args.kind, (lo, hi))
     except (OSError, ValueError, RuntimeError) as e:
         return _fail(str(e))
-
-    from tqdm import tqdm
 
     hole_range = (lo, hi)
     bar = tqdm(total=args.num, unit="mask", disable=args.no_progress, desc=f"masks -> {out}")

@@ -8,8 +8,9 @@ return ``float32 [H, W]`` with 1 = known, 0 = hole, like ``psm_jax.data.masks``.
   into luma as a grayscale read would; an alpha channel is ignored, as ``cv2.IMREAD_GRAYSCALE``
   (MAT's loader) ignores it. Non-binary values (anti-aliased or JPEG masks) are thresholded at half
   range with a warning. ``invert=True`` reads the other convention (255 = hole).
-* ``pair_masks`` pairs images with masks by sorted file name and refuses anything ambiguous with a
-  one-line ``MaskPairingError``.
+* ``pair_masks`` pairs images with masks by file name (the one pairing rule of training's eval
+  masks, ``inpaint`` and ``evaluate``) and refuses anything ambiguous with a one-line
+  ``MaskPairingError``.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from psm_jax.data.image_files import is_image_file
+
 __all__ = [
-    "MASK_EXTENSIONS",
     "MaskPairingError",
     "MaskFileError",
     "NonBinaryMaskWarning",
@@ -31,9 +33,10 @@ __all__ = [
     "load_mask",
     "save_mask",
     "pair_masks",
+    "mask_stem",
 ]
 
-MASK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MASK_SUFFIX = "_mask"   # a mask may be named like its image plus this: x.jpg <-> x_mask.png
 
 
 class MaskPairingError(ValueError):
@@ -49,14 +52,11 @@ class NonBinaryMaskWarning(UserWarning):
 
 
 def list_mask_files(mask_dir: str | Path) -> list[Path]:
-    """Mask image files directly inside ``mask_dir``, sorted by file name."""
+    """Mask image files (``IMAGE_EXTENSIONS``) directly inside ``mask_dir``, sorted by file name."""
     root = Path(mask_dir)
     if not root.is_dir():
         raise MaskPairingError(f"mask directory {root} does not exist or is not a directory")
-    return sorted(
-        (p for p in root.iterdir() if p.is_file() and p.suffix.lower() in MASK_EXTENSIONS),
-        key=lambda p: p.name,
-    )
+    return sorted((p for p in root.iterdir() if is_image_file(p)), key=lambda p: p.name)
 
 
 def _gray(image: Image.Image, path: Path) -> tuple[np.ndarray, float]:
@@ -128,12 +128,17 @@ def _number_key(stem: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def mask_stem(stem: str) -> str:
+    """The image stem a mask file's stem names: ``x_mask`` -> ``x``, anything else itself."""
+    return stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) and len(stem) > len(MASK_SUFFIX) else stem
+
+
 def _match(
-    images: list[Path], masks: list[Path], key, what: str
+    images: list[Path], masks: list[Path], key, what: str, mask_key=None
 ) -> list[tuple[Path, Path]] | str:
-    """Pairs by ``key(stem)``; returns the pairs or a description of why that key fails."""
+    """Pairs by ``key(stem)`` (``mask_key`` for masks); returns the pairs or why that key fails."""
     image_keys = [key(p.stem) for p in images]
-    mask_keys = [key(p.stem) for p in masks]
+    mask_keys = [(mask_key or key)(p.stem) for p in masks]
     if None in image_keys or None in mask_keys:
         return f"not every file name has a {what}"
     by_key: dict = {}
@@ -142,14 +147,20 @@ def _match(
             return f"masks {by_key[k].name} and {p.name} share the {what} {k!r}"
         by_key[k] = p
     seen: set = set()
-    pairs = []
+    pairs, lonely = [], []
     for p, k in zip(images, image_keys):
         if k in seen:
             return f"two images share the {what} {k!r} (e.g. {p.name})"
         seen.add(k)
-        if k not in by_key:
-            return f"image {p.name} has no mask with the same {what}"
-        pairs.append((p, by_key[k]))
+        if k in by_key:
+            pairs.append((p, by_key[k]))
+        else:
+            lonely.append(p)
+    if lonely:
+        spare = [m.name for m, k in zip(masks, mask_keys) if k not in seen]
+        return (f"image {lonely[0]} has no mask with the same {what}"
+                + (f" ({len(lonely)} images in all)" if len(lonely) > 1 else "")
+                + (f", masks without an image: {', '.join(spare[:5])}" if spare else ""))
     return pairs
 
 
@@ -162,11 +173,12 @@ def pair_masks(
 
     Args:
       image_paths: the images to evaluate.
-      mask_dir: a folder of mask files (see ``MASK_EXTENSIONS``).
-      by: "name": the i-th sorted image goes with the mask of the same file stem
-        (``0001.jpg`` <-> ``0001.png``) or, if the stems differ, of the same trailing number
-        (``img_0001.jpg`` <-> ``mask_1.png``); anything else is refused. "order": MAT's own
-        convention for unrelated names: the i-th image by sorted name with the i-th mask.
+      mask_dir: a folder of mask files (see ``image_files.IMAGE_EXTENSIONS``).
+      by: "name": the i-th sorted image goes with the mask of the same file stem, or the stem plus
+        ``_mask`` (``0001.jpg`` <-> ``0001.png`` or ``0001_mask.png``); if that fails for some
+        file, every file by its trailing number (``img_0001.jpg`` <-> ``mask_1.png``); anything
+        else is refused. "order": MAT's own convention for unrelated names: the i-th image by
+        sorted name with the i-th mask.
 
     Raises:
       MaskPairingError: counts differ, or names do not correspond one-to-one (one-line message).
@@ -183,7 +195,7 @@ def pair_masks(
         )
     if by == "order":
         return list(zip(images, masks))
-    result = _match(images, masks, lambda s: s, "file stem")
+    result = _match(images, masks, lambda s: s, "file stem", mask_key=mask_stem)
     if isinstance(result, list):
         return result
     by_number = _match(images, masks, _number_key, "trailing number")
@@ -191,7 +203,7 @@ def pair_masks(
         return by_number
     raise MaskPairingError(
         f"cannot pair images with masks in {mask_dir} by name: {result}, and {by_number}; "
-        "rename them, or pass by='order' to pair the i-th sorted image with the i-th sorted mask"
+        "name each mask like its image (x.jpg <-> x.png or x_mask.png)"
     )
 
 

@@ -4,7 +4,7 @@ Use it to check that generated masks (psm_jax.data.masks) or a mask folder on di
 
     python -m psm_jax.data.mask_stats --generate --kind large --resolution 512 --num 5000 \
         --compare 512
-    python -m psm_jax.data.mask_stats --dir masks/ --compare 512_small
+    python -m psm_jax.data.mask_stats --masks masks/ --compare 512_small
 
 Statistics (hole = mask == 0, one value per mask unless noted), as defined in notes §6:
 hole-ratio mean/std/median/q05/q95 and 20-bin histogram on [0, 1]; mean number of hole components
@@ -29,14 +29,19 @@ failed, 2 = bad input.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
+
+from psm_jax import cli
+from psm_jax.data.mask_io import MaskPairingError, list_mask_files, load_mask
+from psm_jax.data.masks import random_mask
 
 __all__ = [
     "MAT_GENERATORS",
@@ -98,13 +103,6 @@ MAP_BLOCKS = 32
 
 def _count_components(hole_u8: np.ndarray, connectivity: int, labels: np.ndarray | None) -> int:
     """Number of hole components. OpenCV is ~5x faster than scipy.ndimage.label (same counts)."""
-    try:
-        import cv2
-    except ImportError:  # pragma: no cover - opencv is a pinned dependency
-        from scipy import ndimage
-
-        structure = np.ones((3, 3), bool) if connectivity == 8 else None
-        return int(ndimage.label(hole_u8, structure=structure)[1])
     n, _ = cv2.connectedComponents(hole_u8, labels=labels, connectivity=connectivity, ltype=cv2.CV_32S)
     return int(n) - 1  # label 0 is the background (known pixels)
 
@@ -203,8 +201,6 @@ def generated_mask_stats(
     ``legacy=True`` uses ``RandomState(seed)``: with the notes' seeds (0, 1, 2, 3 for 512, 512_small,
     256, 256_small) it replays MAT's reference sample exactly.
     """
-    from psm_jax.data.masks import random_mask
-
     rng = np.random.RandomState(seed) if legacy else np.random.default_rng(seed)
     return mask_stats((random_mask(rng, resolution, kind) for _ in range(num)), components=components)
 
@@ -256,32 +252,29 @@ def compare_stats(stats: dict, reference: dict, tolerances: dict[str, float] | N
 
 def _default_reference() -> Path:
     """``$PSM_SHARED_DIR/reference/mat_mask_stats.json``, else ../shared beside the repository."""
-    import os
-
     shared = os.environ.get("PSM_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared"
     return Path(shared) / "reference" / "mat_mask_stats.json"
 
 
 def _fail(msg: str) -> int:
-    print(f"mask_stats: error: {msg}", file=sys.stderr)
-    return 2
+    return cli.error(f"python -m psm_jax.data.mask_stats: {msg}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m psm_jax.data.mask_stats", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m psm_jax.data.mask_stats", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dir", type=Path, help="folder of mask files (255 = known, 0 = hole)")
+    src.add_argument("--masks", type=Path, help="folder of mask files (255 = known, 0 = hole)")
     src.add_argument("--generate", action="store_true", help="sample psm_jax.data.masks instead")
-    p.add_argument("--invert", action="store_true", help="with --dir: files use 255 = hole")
+    p.add_argument("--mask_is_hole", action="store_true", help="with --masks: files use 255 = hole")
     p.add_argument("--kind", choices=["large", "small"], default="large")
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--num", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--legacy-rng", action="store_true", help="numpy RandomState (MAT's exact stream)")
+    p.add_argument("--legacy_rng", action="store_true", help="numpy RandomState (MAT's exact stream)")
     p.add_argument("--compare", choices=sorted(MAT_GENERATORS), help="compare with this MAT generator")
     p.add_argument("--reference", type=Path, help="mat_mask_stats.json (default: ../shared/reference/)")
-    p.add_argument("--hole-map", action="store_true", help="include the 32x32 mean hole map")
-    p.add_argument("--no-components", action="store_true", help="skip component counts (faster)")
+    p.add_argument("--hole_map", action="store_true", help="include the 32x32 mean hole map")
+    p.add_argument("--no_components", action="store_true", help="skip component counts (faster)")
     args = p.parse_args(argv)
 
     components = not args.no_components
@@ -290,20 +283,16 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"--num must be >= 1, got {args.num}")
         if args.resolution < 8:
             return _fail(f"--resolution must be >= 8, got {args.resolution}")
-        from psm_jax.data.masks import random_mask
-
         rng = np.random.RandomState(args.seed) if args.legacy_rng else np.random.default_rng(args.seed)
         stats_iter = (random_mask(rng, args.resolution, args.kind) for _ in range(args.num))
     else:
-        from psm_jax.data.mask_io import MaskFileError, MaskPairingError, list_mask_files, load_mask
-
         try:
-            files = list_mask_files(args.dir)
+            files = list_mask_files(args.masks)
         except MaskPairingError as e:
-            return _fail(f"--dir: {e}")
+            return _fail(f"--masks: {e}")
         if not files:
-            return _fail(f"--dir {args.dir}: no mask files found")
-        stats_iter = (load_mask(f, invert=args.invert) for f in files)
+            return _fail(f"--masks {args.masks}: no mask files found")
+        stats_iter = (load_mask(f, invert=args.mask_is_hole) for f in files)
     try:
         stats = mask_stats(stats_iter, components=components, include_hole_map=args.hole_map)
     except (ValueError, OSError) as e:  # MaskFileError is a ValueError; sizes may differ

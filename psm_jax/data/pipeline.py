@@ -15,13 +15,9 @@ Design points:
   exactly one element per position. So the many-to-one steps, dropping corrupt records and
   batching, run *after* ``mp_prefetch`` in the main process (grain's own ``mp_prefetch`` docs
   warn that a filter before it makes output depend on the worker count).
-* **Corrupt files.** ``Decode`` turns an unreadable record into a marker element; the drop step
-  removes it before batching, so a skip never changes the batch size, and adds a
-  ``"skipped"`` count (int32, per element: records dropped just before this one) to the
-  batch. ``batch["skipped"].sum()`` is therefore the number of records skipped while that batch
-  was filled, computed in the main process even with workers; ``skipped_total()`` is the
-  running count over the batches this process consumed. Each skip logs a warning naming the
-  file, and each batch with skips logs the running count.
+* **Corrupt files** (corrupt.py). ``Decode`` turns an unreadable record into a marker element;
+  the drop step removes it before batching, so a skip never changes the batch size, and adds a
+  ``"skipped"`` count per element; ``skipped_total()`` is the running count.
 * **Resume.** The iterator's state is grain's position state, so Orbax
   (``grain.checkpoint.CheckpointSave``) restores it at the exact next batch. Skips do not
   disturb this: positions count records, not emitted elements, and the drop step holds no
@@ -47,10 +43,17 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
-from psm_jax.data import digits, sources, synthetic, transforms
+from psm_jax.data import digits, mask_io, sources, synthetic, transforms
+from psm_jax.data.corrupt import CorruptDataError, count_skipped, drop_corrupt, skipped_total
+from psm_jax.data.masks import random_mask
 from psm_jax.data.synthetic import SyntheticSource
-from psm_jax.data.transforms import CORRUPT, MaskFn
+from psm_jax.data.transforms import MaskFn
+
+__all__ = ["CorruptDataError", "Batch", "FileMasks", "SeededMasks", "default_data_config", "default_mask_fn",
+           "derive_seed", "make_eval_dataset", "make_source", "make_train_dataset", "make_train_iterator",
+           "seeded_eval_masks", "skipped_total", "to_global_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _derive_seed(*parts: int | str) -> int:
+def derive_seed(*parts: int | str) -> int:
     """A uint32 seed from any mix of ints and strings (grain wants seeds in [0, 2**32))."""
     ints = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") % (2**63) for p in parts]
     return int(np.random.SeedSequence([abs(i) for i in ints]).generate_state(1)[0])
@@ -112,8 +115,6 @@ def _derive_seed(*parts: int | str) -> int:
 
 def default_mask_fn(hole_range: tuple[float, float] = (0.0, 1.0)) -> MaskFn:
     """``psm_jax.data.masks.random_mask`` (MAT's free-form generator), the one mask entry point."""
-    from psm_jax.data.masks import random_mask  # lazy: the trainer may inject its own
-
     hole_range = tuple(float(h) for h in hole_range)
     if hole_range == (0.0, 1.0):
         return random_mask
@@ -134,87 +135,9 @@ class _Tag(grain.transforms.MapWithIndex):
         return {"raw": record, "name": str(index), "index": index}
 
 
-class CorruptDataError(ValueError):
-    """Too many unreadable records in a row (``config.data.max_consecutive_corrupt``)."""
-
-
-class _DropCorruptIterDataset(grain.IterDataset):
-    """Drops corrupt-record markers, stamping ``"skipped"`` on the next good element.
-
-    More than ``max_consecutive`` unreadable records in a row raise :class:`CorruptDataError`,
-    naming the last files: a dataset that is mostly corrupt (a bad copy, a wrong mount) stops the
-    run instead of training on the few survivors or looping forever over an all-corrupt one.
-    """
-
-    def __init__(self, parent: grain.IterDataset, max_consecutive: int):
-        super().__init__(parent)
-        self._max_consecutive = max_consecutive
-
-    def __iter__(self) -> grain.DatasetIterator:
-        return _DropCorruptIterator(self._parent.__iter__(), self._max_consecutive)
-
-    def __str__(self) -> str:
-        return "DropCorruptIterDataset"
-
-
-_SKIPPED_TOTAL = 0
-
-
-def skipped_total() -> int:
-    """Records skipped as unreadable in the batches this process has consumed since it started."""
-    return _SKIPPED_TOTAL
-
-
-class _CountSkipped(grain.transforms.Map):
-    """Adds a batch's skips to the process-wide total when the batch is *consumed*.
-
-    Runs last, in the consumer's thread: the drop step may run ahead in a prefetch thread, and
-    counting there would include batches that were read ahead but never used.
-    """
-
-    def map(self, batch: Batch) -> Batch:
-        global _SKIPPED_TOTAL
-        n = int(batch["skipped"].sum())
-        if n:
-            _SKIPPED_TOTAL += n
-            log.warning("batch had %d unreadable record(s) skipped; %d so far in this process", n, _SKIPPED_TOTAL)
-        return batch
-
-
-class _DropCorruptIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, max_consecutive: int):
-        super().__init__(parent)
-        self._max_consecutive = max_consecutive
-
-    def __next__(self) -> dict[str, Any]:
-        skipped, last = 0, []
-        while True:
-            element = next(self._parent)
-            if CORRUPT not in element:
-                break
-            skipped += 1
-            last = [*last[-2:], str(element[CORRUPT])]
-            if skipped > self._max_consecutive:
-                raise CorruptDataError(
-                    f"{skipped} unreadable training records in a row (config.data.max_consecutive_corrupt="
-                    f"{self._max_consecutive}); the last: {', '.join(last)}")
-            log.warning("skipped unreadable record %s (index %d)", element[CORRUPT], int(element["index"]))
-        element["skipped"] = np.int32(skipped)
-        return element
-
-    # Stateless between elements: the parent's position state is the whole state.
-    def get_state(self) -> dict[str, Any]:
-        return self._parent.get_state()
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state)
-
-
 def _ensure_absl_flags_parsed() -> None:
     # grain's worker processes read absl flags (STACK_NOTES e, pitfall 2); outside absl.app.run
     # (pytest, notebooks) nobody parsed them, so accept the defaults explicitly.
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -279,7 +202,7 @@ def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, batch_size: i
     # Capped at two epochs: a longer run of unreadable records means that none is readable (an
     # epoch may end, and the next begin, with all the bad ones).
     limit = int(cfg.get("max_consecutive_corrupt", 0)) or 2 * epoch_size
-    ds = _DropCorruptIterDataset(ds, max_consecutive=min(limit, 2 * epoch_size))
+    ds = drop_corrupt(ds, max_consecutive=min(limit, 2 * epoch_size))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     # A background thread overlaps drop + batch (np.stack) with the trainer, but only when the
     # elements come from worker processes: in-process, that daemon thread would drive grain's
@@ -287,7 +210,7 @@ def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, batch_size: i
     # ("FATAL: exception not rethrown", seen 1 in 3 runs).
     if num_workers > 0 and cfg.batch_prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.batch_prefetch)
-    return ds.map(_CountSkipped())
+    return ds.map(count_skipped)
 
 
 def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
@@ -344,7 +267,7 @@ def make_train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int
         raise ValueError(f"{source!r} has fewer records than there are processes ({process_count})")
     log.info("train source %r, process %d/%d", source, process_index, process_count)
     ds = grain.MapDataset.source(source).map_with_index(_Tag(len(source)))
-    ds = ds.shuffle(seed=_derive_seed(seed, cfg.seed, "shuffle"))
+    ds = ds.shuffle(seed=derive_seed(seed, cfg.seed, "shuffle"))
     ds = ds.repeat(None)  # infinite; ShuffleMapDataset permutes each epoch with its own seed
     ds = ds.map(transforms.Decode(cfg.resize_short))
     # The augmentation seed depends on the global position only, never on the process layout.
@@ -352,7 +275,7 @@ def make_train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int
         augment = digits.DigitsAugment(cfg.resolution, mask_fn, cfg.mask_kind, cfg.digits_shift)
     else:
         augment = transforms.TrainAugment(cfg.resolution, mask_fn, cfg.mask_kind)
-    ds = ds.random_map(augment, seed=_derive_seed(seed, cfg.seed, "augment"))
+    ds = ds.random_map(augment, seed=derive_seed(seed, cfg.seed, "augment"))
     if start_batch < 0:
         raise ValueError(f"start_batch={start_batch}: expected >= 0")
     if start_batch:
@@ -392,6 +315,14 @@ class SeededMasks:
         return self.mask_fn(rng, self.resolution, self.kind)
 
 
+def seeded_eval_masks(seed: int, resolution: int, kind: str, hole_range: tuple[float, float] = (0.0, 1.0),
+                      mask_fn: MaskFn | None = None) -> SeededMasks:
+    """The fixed eval mask of every record index for ``seed``: the same masks for the in-training
+    evaluator and ``python -m psm_jax.evaluate --masks large|small`` at the same seed."""
+    mask_fn = default_mask_fn(hole_range) if mask_fn is None else mask_fn
+    return SeededMasks(derive_seed(seed, "eval_masks"), resolution, kind, mask_fn)
+
+
 class FileMasks:
     """Eval mask for record ``i``: ``paths[i]`` read with ``mask_io.load_mask`` (255 = known)."""
 
@@ -402,9 +333,7 @@ class FileMasks:
         return len(self.paths)
 
     def __call__(self, index: int) -> np.ndarray:
-        from psm_jax.data.mask_io import load_mask
-
-        return load_mask(self.paths[index], invert=self.invert)
+        return mask_io.load_mask(self.paths[index], invert=self.invert)
 
 
 def _file_masks(cfg: ml_collections.ConfigDict, source: Any, n: int) -> FileMasks:
@@ -414,8 +343,6 @@ def _file_masks(cfg: ml_collections.ConfigDict, source: Any, n: int) -> FileMask
     number; counts must match), so a renamed or missing mask is an error, not a silent shift.
     TFDS and synthetic records have no file names: record ``i`` gets the i-th mask by sorted name.
     """
-    from psm_jax.data import mask_io
-
     if isinstance(source, sources.FolderSource):
         try:
             pairs = mask_io.pair_masks(source.paths, cfg.eval_mask_dir)
@@ -449,9 +376,7 @@ def make_eval_dataset(cfg: ml_collections.ConfigDict, *, batch_size: int, num_im
     if cfg.eval_mask_dir:
         mask_for_index: Callable[[int], np.ndarray] = _file_masks(cfg, source, n)
     else:
-        if mask_fn is None:
-            mask_fn = default_mask_fn(tuple(cfg.hole_range))
-        mask_for_index = SeededMasks(_derive_seed(seed, "eval_masks"), cfg.resolution, cfg.eval_mask_kind, mask_fn)
+        mask_for_index = seeded_eval_masks(seed, cfg.resolution, cfg.eval_mask_kind, tuple(cfg.hole_range), mask_fn)
     ds = grain.MapDataset.source(source).map_with_index(_Tag(len(source)))[:n]
     ds = ds.map(transforms.Decode(cfg.resize_short))
     ds = ds.map(transforms.EvalTransform(cfg.resolution, mask_for_index))

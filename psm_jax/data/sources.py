@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from psm_jax.data.image_files import IMAGE_EXTENSIONS, find_images
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+log = logging.getLogger(__name__)
 
 
 class SourceError(ValueError):
@@ -31,15 +31,11 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"image folder {str(root)!r} does not exist or is not a directory")
-    files = [
-        p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    ]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    return find_images(root)
 
 
 class FolderSource:
-    """Every jpg/jpeg/png/webp/bmp file under ``root``, recursively, in sorted order."""
+    """Every image file (``image_files.IMAGE_EXTENSIONS``) under ``root``, recursively, in sorted order."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)

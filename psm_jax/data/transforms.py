@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 # mask_fn(rng, resolution, kind) -> float32 [H, W], 1 = known (psm_jax.data.masks.random_mask).
 MaskFn = Callable[[np.random.Generator, int, str], np.ndarray]
 
-# Key that marks a record whose image could not be read; its value is the record's name.
+# Key that marks a record whose image could not be read; its value is the record's name, and
+# CORRUPT_REASON's value says why (reported once by corrupt.py, not per record here).
 CORRUPT = "corrupt"
+CORRUPT_REASON = "corrupt_reason"
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -54,10 +56,10 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_image(data: bytes | None, name: str = "<bytes>") -> np.ndarray | None:
-    """Encoded bytes -> uint8 ``[H, W, 3]`` RGB, EXIF orientation applied; ``None`` if unreadable."""
+def try_decode_image(data: bytes | None) -> tuple[np.ndarray | None, str]:
+    """Encoded bytes -> (uint8 ``[H, W, 3]`` RGB with EXIF orientation applied, ""), or (None, why not)."""
     if data is None:
-        return None
+        return None, "no data"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. PIL's EXIF/ICC chatter on odd files
@@ -66,12 +68,20 @@ def decode_image(data: bytes | None, name: str = "<bytes>") -> np.ndarray | None
                 img = ImageOps.exif_transpose(img)
                 out = _pil_to_rgb(img)
     except Exception as e:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ValueError, ...)
-        log.warning("skipping unreadable image %s: %s: %s", name, type(e).__name__, e)
-        return None
+        # PIL's messages name an in-memory buffer ("<_io.BytesIO object at 0x...>"): keep the words only.
+        return None, " ".join(str(e).split(" <_io")[0].split()) or "not an image"
     if out.ndim != 3 or out.shape[0] == 0 or out.shape[1] == 0:
-        log.warning("skipping empty image %s (shape %s)", name, out.shape)
-        return None
-    return out
+        return None, f"empty image (shape {out.shape})"
+    return out, ""
+
+
+def decode_image(data: bytes | None, name: str = "<bytes>") -> np.ndarray | None:
+    """Encoded bytes -> uint8 ``[H, W, 3]`` RGB, EXIF orientation applied; ``None`` (and a warning
+    naming ``name``) if unreadable."""
+    image, why = try_decode_image(data)
+    if image is None and data is not None:
+        log.warning("skipping unreadable image %s: %s", name, why)
+    return image
 
 
 def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
@@ -162,9 +172,9 @@ class Decode(grain.transforms.Map):
     """``{"raw", "name", "index"}`` -> ``{"image": uint8 HWC, "index"}`` or a corrupt marker.
 
     ``raw`` is encoded bytes (folder, tfds) or an already decoded array (synthetic source).
-    An unreadable record becomes ``{"index": i, CORRUPT: name}``; it still flows through the
-    per-record maps (one element in, one out, so grain's worker slicing stays aligned) and is
-    dropped, and counted, in the main process before batching.
+    An unreadable record becomes ``{"index": i, CORRUPT: name, CORRUPT_REASON: why}``; it still
+    flows through the per-record maps (one element in, one out, so grain's worker slicing stays
+    aligned) and is dropped, counted and reported in the main process before batching (corrupt.py).
     """
 
     def __init__(self, resize_short: int = 0):
@@ -172,9 +182,9 @@ class Decode(grain.transforms.Map):
 
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
         raw, name, index = element["raw"], element.get("name", "?"), element["index"]
-        image = to_uint8_rgb(raw) if isinstance(raw, np.ndarray) else decode_image(raw, name)
+        image, why = (to_uint8_rgb(raw), "") if isinstance(raw, np.ndarray) else try_decode_image(raw)
         if image is None:
-            return {"index": np.int64(index), CORRUPT: name}
+            return {"index": np.int64(index), CORRUPT: name, CORRUPT_REASON: why}
         return {"image": resize_short_side(image, self.resize_short), "index": np.int64(index)}
 
 

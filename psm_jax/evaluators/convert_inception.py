@@ -1,6 +1,6 @@
 """Convert FID Inception-v3 weights from PyTorch files to the ``.npz`` that ``inception.py`` reads.
 
-    python -m psm_jax.evaluators.convert_inception IN OUT.npz [--use-torch]
+    python -m psm_jax.evaluators.convert_inception IN OUT.npz [--use_torch]
 
 IN is either of the files users already have (the format is detected from the parameter names):
 
@@ -11,7 +11,7 @@ IN is either of the files users already have (the format is detected from the pa
   BN has no scale (taken as 1).
 
 The file is read by the torch-free, allow-listed ``torch_io`` reader (no pickle code runs);
-``--use-torch`` uses ``torch.load(weights_only=True)`` / ``torch.jit.load`` instead (extra ``[convert]``).
+``--use_torch`` uses ``torch.load(weights_only=True)`` / ``torch.jit.load`` instead (extra ``[convert]``).
 
 **Unverified here (no copy of the TorchScript file was available):** the TorchScript unit names
 below (``_NVIDIA_UNITS``). They are taken from public code that loads that file: transcripts of its
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("src", help="pt_inception-2015-12-05-*.pth or inception-2015-12-05.pt")
     parser.add_argument("dst", help="output .npz")
-    parser.add_argument("--use-torch", action="store_true", help="read with torch instead of the built-in reader")
+    parser.add_argument("--use_torch", action="store_true", help="read with torch instead of the built-in reader")
     args = parser.parse_args(argv)
     if not args.dst.endswith(".npz"):
         cli.fail(f"{args.dst}: output must be a .npz file")

@@ -6,7 +6,7 @@
   ``classifier.*`` is ignored).
 * ``--linear``: ``lpips/weights/v0.1/alex.pth`` (``lin{0..4}.model.1.weight``, shape [1, C, 1, 1]).
   Those files were saved from a CUDA device; the torch-free reader ignores the device tag, and
-  ``--use-torch`` loads with ``map_location="cpu"``.
+  ``--use_torch`` loads with ``map_location="cpu"``.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", required=True, help="torchvision AlexNet state dict (.pth)")
     parser.add_argument("--linear", required=True, help="lpips weights/v0.1/alex.pth")
     parser.add_argument("out", help="output .npz")
-    parser.add_argument("--use-torch", action="store_true", help="read with torch instead of the built-in reader")
+    parser.add_argument("--use_torch", action="store_true", help="read with torch instead of the built-in reader")
     args = parser.parse_args(argv)
     if not args.out.endswith(".npz"):
         cli.fail(f"{args.out}: output must be a .npz file")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             state_dicts.append(torch_io.read_state_dict(path, use_torch=args.use_torch))
         except cli.INPUT_ERRORS as e:
-            cli.fail(str(e) if str(path) in str(e) else f"{flag} {path}: {e}")
+            cli.fail(f"{flag} {e}" if str(path) in str(e) else f"{flag} {path}: {e}")
     try:
         flat = convert_state_dicts(*state_dicts, what=(args.backbone, args.linear))
     except cli.INPUT_ERRORS as e:

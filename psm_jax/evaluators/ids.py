@@ -21,6 +21,7 @@ import numpy as np
 
 def fit_svm(real: np.ndarray, fake: np.ndarray):
     """The fitted ``LinearSVC`` of MAT's protocol (exposed for tests and diagnostics)."""
+    # Deferred: scikit-learn takes about 1 s to import, and only the IDS metric needs it.
     from sklearn.svm import LinearSVC
 
     real, fake = np.asarray(real, np.float32), np.asarray(fake, np.float32)

@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from psm_jax.npz_io import load_npz
+
 SIZE = 299
 BN_EPS = 1e-3
 FEATURE_DIM = 2048
@@ -288,12 +290,12 @@ class InceptionFeatures:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: Inception weights not found (convert them with "
                                     "python -m psm_jax.evaluators.convert_inception IN OUT.npz)")
+        z = load_npz(path, "Inception weights written by python -m psm_jax.evaluators.convert_inception")
+        if "__format__" not in z or str(z["__format__"]) != NPZ_FORMAT:
+            raise ValueError(f"{path}: not an Inception .npz written by psm_jax.evaluators.convert_inception")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        with np.load(path, allow_pickle=False) as z:
-            if "__format__" not in z.files or str(z["__format__"]) != NPZ_FORMAT:
-                raise ValueError(f"{path}: not an Inception .npz written by psm_jax.evaluators.convert_inception")
-            flat = {k: z[k] for k in z.files if not k.startswith("__")}
-            source = str(z["__source__"])
+        flat = {k: v for k, v in z.items() if not k.startswith("__")}
+        source = str(z.get("__source__", ""))
         return cls.from_flat(flat, resize=resize, sha256=digest, source=source, what=str(path))
 
     @classmethod

@@ -3,7 +3,8 @@ path shared by ``python -m psm_jax.evaluate`` and the in-training evaluator.
 
 For every batch ``{"image": [-1, 1] f32 BHWC, "mask": BHW1 (1 = known)}``:
 
-1. run the spread (``inpaint_fn(variables, image, mask, key)``, e.g. ``inpaint.make_inpaint_fn``);
+1. run the spread (``inpaint_fn(variables, image, mask, key)``, e.g. ``inpaint.make_inpaint_fn``;
+   :func:`evaluate_batches`);
 2. composite: known pixels are taken from the input, only hole pixels from the model, then uint8
    (``transforms.from_model_range``: round and clip, as MAT's ``(x + 1) * 127.5`` then ``round``);
 3. per image: PSNR, SSIM, L1, hole L1 (``image_metrics``), LPIPS if given;
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psm_jax.evaluators import calibration, fid as fid_lib, ids as ids_lib, image_metrics
+from psm_jax.sharding import batch_sharding
 
 
 @dataclasses.dataclass
@@ -80,16 +82,15 @@ def _pad_to(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
 
 
-def run_spread(inpaint_fn: Callable, variables: Any, batches: Iterable[dict[str, Any]], *, key: jax.Array,
-               inception: Any = None, lpips: Any = None, need_real_features: bool = True,
-               mesh: jax.sharding.Mesh | None = None, progress: Any = None,
-               calib_samples: int = calibration.SAMPLES_PER_BATCH) -> SpreadRun:
-    """Runs the spread on every batch and collects metrics, features and calibration sums."""
+def evaluate_batches(inpaint_fn: Callable, variables: Any, batches: Iterable[dict[str, Any]], *, key: jax.Array,
+                     inception: Any = None, lpips: Any = None, need_real_features: bool = True,
+                     mesh: jax.sharding.Mesh | None = None, progress: Any = None,
+                     calib_samples: int = calibration.SAMPLES_PER_BATCH) -> SpreadRun:
+    """Runs ``inpaint_fn`` on every batch and collects metrics, features and calibration sums."""
     run = SpreadRun()
     calib_key = jax.random.fold_in(key, 0x5EED)
     sharding, size = None, None
     if mesh is not None:
-        from psm_jax.sharding import batch_sharding
         sharding = batch_sharding(mesh)
     for b, batch in enumerate(batches):
         image = np.asarray(batch["image"], np.float32)
@@ -148,6 +149,6 @@ def evaluate_spread(inpaint_fn: Callable, variables: Any, batches: Iterable[dict
 
     Defaults suit the training loop (fast ``eigh`` FID, no SVM); ``psm_jax.evaluate`` uses MAT's settings.
     """
-    run = run_spread(inpaint_fn, variables, batches, key=key, inception=inception, lpips=lpips,
-                     need_real_features=real_features is None, mesh=mesh)
+    run = evaluate_batches(inpaint_fn, variables, batches, key=key, inception=inception, lpips=lpips,
+                           need_real_features=real_features is None, mesh=mesh)
     return run.summary(real_features, fid_method=fid_method, with_ids=with_ids)

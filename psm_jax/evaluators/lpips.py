@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psm_jax.npz_io import load_npz
+
 SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
 SCALE = np.array([0.458, 0.448, 0.450], np.float32)
 # (torchvision features index, out channels, kernel, stride, padding, max-pool before this conv)
@@ -83,10 +85,10 @@ class LPIPS:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: LPIPS weights not found (build them with "
                                     "python -m psm_jax.evaluators.convert_lpips)")
-        with np.load(path, allow_pickle=False) as z:
-            if "__format__" not in z.files or str(z["__format__"]) != NPZ_FORMAT:
-                raise ValueError(f"{path}: not an LPIPS .npz written by psm_jax.evaluators.convert_lpips")
-            flat = {k: jnp.asarray(z[k], jnp.float32) for k in z.files if not k.startswith("__")}
+        z = load_npz(path, "LPIPS weights written by python -m psm_jax.evaluators.convert_lpips")
+        if "__format__" not in z or str(z["__format__"]) != NPZ_FORMAT:
+            raise ValueError(f"{path}: not an LPIPS .npz written by psm_jax.evaluators.convert_lpips")
+        flat = {k: jnp.asarray(v, jnp.float32) for k, v in z.items() if not k.startswith("__")}
         return cls(params=flat, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
     def __call__(self, a_u8, b_u8) -> np.ndarray:

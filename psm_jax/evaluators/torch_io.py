@@ -168,8 +168,13 @@ def _load_legacy(path: Path) -> Any:
         def plain_load():
             return _Unpickler(f, None, False, str(path)).load()
 
-        if plain_load() != _LEGACY_MAGIC:
-            raise ValueError(f"{path}: not a PyTorch file (neither a zip archive nor the legacy format)")
+        try:   # a legacy file opens with a pickled magic number; anything else is another kind of file
+            magic = plain_load()
+        except Exception:  # noqa: BLE001 - arbitrary bytes fail the unpickler in many ways
+            magic = None
+        if magic != _LEGACY_MAGIC:
+            raise ValueError(f"{path}: not a PyTorch checkpoint (expected a torch.save file: a zip archive or "
+                             "the legacy format)")
         if plain_load() != _LEGACY_PROTOCOL:
             raise ValueError(f"{path}: unsupported legacy PyTorch protocol version")
         plain_load()  # sys info (endianness, type sizes); storages are little-endian in practice
@@ -250,10 +255,14 @@ def read_state_dict(path: str | Path, *, use_torch: bool = False) -> dict[str, n
         raise FileNotFoundError(f"{path}: file not found")
     if use_torch:
         return _read_with_torch(path)
-    if zipfile.is_zipfile(path):
-        obj, _ = _load_zip(path)
-    else:
-        obj = _load_legacy(path)
+    try:
+        obj = _load_zip(path)[0] if zipfile.is_zipfile(path) else _load_legacy(path)
+    except (UnsafeCheckpointError, ValueError):
+        raise
+    except (pickle.UnpicklingError, EOFError, IndexError, KeyError, TypeError, AttributeError,
+            zipfile.BadZipFile, OSError) as e:
+        detail = " ".join(str(e).split())[:200]
+        raise ValueError(f"{path}: a damaged PyTorch checkpoint ({detail or 'truncated'}); download it again") from None
     if isinstance(obj, dict) and set(obj) == {"state_dict"}:
         obj = obj["state_dict"]
     out: dict[str, np.ndarray] = {}

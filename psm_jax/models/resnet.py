@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psm_jax.npz_io import load_npz
+
 RESNET50_STAGES: tuple[int, ...] = (3, 4, 6, 3)
 LAYER_NAMES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 BN_EPS = 1e-5          # torch.nn.BatchNorm2d default; the stats were estimated with it
@@ -276,8 +278,7 @@ def load_resnet50_weights(path: str | os.PathLike, *, stage_sizes: Sequence[int]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ResNet-50 weights file not found: {path}")
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            state_dict = {k: z[k] for k in z.files}
+        state_dict = load_npz(path, "a torchvision ResNet-50 state dict (torch name -> array)")
     elif path.endswith((".pth", ".pt")):
         try:
             import torch  # noqa: PLC0415  (optional; never a dependency)

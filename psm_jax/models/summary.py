@@ -2,7 +2,7 @@
 
 Usage:
   python -m psm_jax.models.summary --variant paper512
-  python -m psm_jax.models.summary --config configs/psm.py:places512 [--batch 8] [--json]
+  python -m psm_jax.models.summary --config configs/psm.py:places512 [--batch_size 8] [--json]
 
 Nothing is compiled or allocated: shapes come from ``jax.eval_shape`` and the FLOPs from XLA's
 cost analysis of the lowered forward (``Lowered.cost_analysis()``), so it runs in seconds on CPU.
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psm_jax import cli
+from psm_jax.config_lib import load_config
 from psm_jax.models.generator import Generator, model_config
 
 
@@ -82,7 +83,6 @@ def summarize(model_cfg: Any, batch: int = 1) -> dict[str, Any]:
 
 def _load_model_config(args: argparse.Namespace) -> Any:
     if args.config:
-        from psm_jax.config_lib import load_config
         return load_config(args.config).model
     return model_config(args.variant)
 
@@ -93,18 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--config", help="config file[:arg], e.g. configs/psm.py:places512")
     src.add_argument("--variant", choices=["paper512", "paper256", "tiny"], default="paper512",
                      help="generator variant (psm_jax.models.generator.model_config)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size for the FLOP count")
+    parser.add_argument("--batch_size", type=int, default=1, help="batch size for the FLOP count")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if args.batch < 1:
-        return cli.error(f"python -m psm_jax.models.summary: --batch must be >= 1, got {args.batch}")
+    if args.batch_size < 1:
+        return cli.error(f"python -m psm_jax.models.summary: --batch_size must be >= 1, got {args.batch_size}")
     try:
         model_cfg = _load_model_config(args)
     except (OSError, ValueError, AttributeError, KeyError, ImportError, SyntaxError) as e:
         where = args.config or args.variant
-        return cli.error(f"python -m psm_jax.models.summary: cannot load model config from {where!r}: {type(e).__name__}: {e}")
+        return cli.error(f"python -m psm_jax.models.summary: cannot load model config from {where!r}: {e}")
     try:
-        s = summarize(model_cfg, args.batch)
+        s = summarize(model_cfg, args.batch_size)
     except (TypeError, ValueError) as e:
         return cli.error(f"python -m psm_jax.models.summary: invalid model config: {e}")
     if args.json:
