@@ -143,12 +143,12 @@ def from_artifact(path: str | Path) -> Backend:
         raise FileNotFoundError(f"{path}: no such artifact file")
     try:
         model = serving.load(path)
-    except (OSError, KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot load the artifact ({type(e).__name__}: {e})") from None
-    except Exception as e:  # noqa: BLE001 - jax.export's deserializer raises what flatbuffers raises
-        if isinstance(e, (FileNotFoundError, ValueError)):
-            raise
-        raise ValueError(f"{path}: not a psm-jax export artifact ({type(e).__name__})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}.json: the sidecar is not JSON ({e})") from None
+    except (FileNotFoundError, ValueError):   # serving's own one-line messages (missing sidecar, wrong format)
+        raise
+    except Exception as e:  # noqa: BLE001 - jax.export's deserializer raises whatever flatbuffers raises
+        raise ValueError(f"{path}: not a psm-jax export artifact (jax.export cannot deserialize it)") from None
     config = ml_collections.ConfigDict(model.meta.get("config", {}))
     inp = _ArtifactSpread(model, config, model.meta.get("checkpoint_step"))
     fields = ("std",) if model.with_trajectory else ()
