@@ -268,3 +268,37 @@ def test_a_full_queue_answers_503_and_the_server_recovers(digit):
         second.join(30)
         assert [a.status_code for a in answers] == [200, 200]
         assert _post(c, img, hole).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------ artifacts
+
+
+@pytest.mark.slow
+def test_an_exported_artifact_serves_the_same_spread(workdir, tmp_path, digit):
+    from psm_jax import export, serving
+    from psm_jax.serve import from_artifact
+
+    path = tmp_path / "psm.jaxexport"
+    assert export.main(["--workdir", str(workdir), "--out", str(path), "--with_trajectory"]) == 0
+    backend = from_artifact(path)
+    hole = sf.box_hole(R, R)
+    with TestClient(create_app(backend, examples=0)) as c:
+        info = c.get("/api/info").json()
+        assert (info["kind"], info["iters_range"], info["trajectory"], info["step"]) == (
+            "artifact", [fx.ITERS, fx.ITERS], ["std"], 3)
+        r = _post(c, sf.png(digit), sf.hole_png(hole), seed=SEED)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text[:300]
+        out = sf.decode(r.content)
+        np.testing.assert_array_equal(out[~hole], digit[~hole])
+        # The artifact and the in-process spread agree up to a rounding flip of float noise (tests/test_serving).
+        direct = serving.load(path).inpaint_uint8(digit, ~hole, seed=SEED)
+        reference = Inpainter.from_workdir(workdir)(digit, hole, mask_is_hole=True, seed=SEED)
+        for other in (direct, reference):
+            assert np.abs(out.astype(int) - other).max() <= 1
+        assert (out[hole] != digit[hole]).any()
+        body = _post(c, sf.png(digit), sf.hole_png(hole), seed=SEED, trajectory=1).json()
+        traj = body["trajectory"]
+        assert traj["fields"] == ["sigma"] and list(traj["samples"][0]) == ["sigma"]
+        assert len(traj["samples"][0]["sigma"]) == fx.ITERS and traj["sigma_max"] > 0
+        _assert_one_line_error(_post(c, sf.png(digit), sf.hole_png(hole), iters=fx.ITERS + 1), 400,
+                               f"this model runs T = {fx.ITERS} only")
