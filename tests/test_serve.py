@@ -7,6 +7,7 @@ twice: once with the trajectory (the server always runs with it) and once withou
 from __future__ import annotations
 
 import base64
+import json
 import io
 import struct
 import sys
@@ -302,3 +303,25 @@ def test_an_exported_artifact_serves_the_same_spread(workdir, tmp_path, digit):
         assert len(traj["samples"][0]["sigma"]) == fx.ITERS and traj["sigma_max"] > 0
         _assert_one_line_error(_post(c, sf.png(digit), sf.hole_png(hole), iters=fx.ITERS + 1), 400,
                                f"this model runs T = {fx.ITERS} only")
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+@pytest.mark.slow
+def test_the_command_serves_and_bench_serve_reports_its_rows(workdir):
+    """``python -m psm_jax.serve`` for real (uvicorn, printed URL, Ctrl-C) through bench/serve.py's smoke run."""
+    import os
+    import subprocess
+
+    r = subprocess.run([sys.executable, "bench/serve.py", "--workdir", str(workdir), "--repeats", "2",
+                        "--concurrent", "4", "--big", "64", "--iters", str(fx.ITERS)],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [row["request"] for row in rows] == ["32px T=2 png", "32px T=2 json", "64px T=2 png", "4 concurrent 32px"]
+    for row in rows[:3]:
+        assert 0 < row["p50_s"] <= row["p95_s"]
+    assert (rows[3]["ok"], rows[3]["failed"]) == (4, 0) and rows[3]["peak_rss_mib"] > 0
+    assert "Traceback" not in r.stderr

@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn's own cap on open connections answers 503 before the app's queue does, for floods.
     config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=5, server_header=False,
                             limit_concurrency=2 * args.max_queue + 16)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:   # uvicorn shuts down gracefully, then re-raises the Ctrl-C it caught
+        pass
+    print("Stopped.", flush=True)
     return 0
 
 
