@@ -89,7 +89,7 @@ def test_info(client, workdir):
     info = client.get("/api/info").json()
     assert info["resolution"] == R and info["default_iters"] == fx.ITERS and info["step"] == 3
     assert info["kind"] == "workdir" and info["name"] == workdir.name and info["iters_range"] == [1, 8]
-    assert info["strategies"] == ["pad", "resize", "crop"] and info["trajectory"] == ["mask", "mean", "std"]
+    assert info["strategies"] == ["pad", "resize", "crop"] and info["trajectory"] == ["mask", "mean", "sigma"]
     assert info["max_samples"] == 3 and info["max_pixels"] == 64 * 64 and info["examples"] == 20
 
 
@@ -286,7 +286,7 @@ def test_an_exported_artifact_serves_the_same_spread(workdir, tmp_path, digit):
     with TestClient(create_app(backend, examples=0)) as c:
         info = c.get("/api/info").json()
         assert (info["kind"], info["iters_range"], info["trajectory"], info["step"]) == (
-            "artifact", [fx.ITERS, fx.ITERS], ["std"], 3)
+            "artifact", [fx.ITERS, fx.ITERS], ["sigma"], 3)
         r = _post(c, sf.png(digit), sf.hole_png(hole), seed=SEED)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text[:300]
         out = sf.decode(r.content)

@@ -107,6 +107,7 @@ def create_app(backend: Backend, *, limits: forms.Limits = forms.Limits(), max_q
     worker = Worker(lambda req: backend.inpaint(req.image, req.known, iters=req.iters, seed=req.seed,
                                                 samples=req.samples, strategy=req.strategy), max_queue)
     gallery = Examples(backend.config, examples)
+    strategies = tuple(backend.info()["strategies"])
     pages = {path: ((STATIC / name).read_bytes(), kind) for path, (name, kind) in PAGE_FILES.items()}
 
     async def page(request: Request) -> Response:
@@ -139,7 +140,7 @@ def create_app(backend: Backend, *, limits: forms.Limits = forms.Limits(), max_q
             fields, files = await _read_form(request, limits.max_upload_bytes)
             req = await run_in_threadpool(
                 forms.parse, fields, files, limits=limits, iters_range=backend.iters_range,
-                default_iters=backend.default_iters, strategies=tuple(backend.info()["strategies"]))
+                default_iters=backend.default_iters, strategies=strategies)
         except forms.BadRequest as e:
             return error(e.status, e.message)
         try:

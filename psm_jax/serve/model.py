@@ -24,7 +24,8 @@ from psm_jax import serving
 from psm_jax.inpaint import STRATEGIES, Inpainter
 
 MAX_ITERS = 8                      # the page's T slider: 1..8 (the paper tests T = 1..4)
-TRAJECTORY_FIELDS = ("mask", "mean", "std")   # m_t, mu_t, sigma_t
+TRAJECTORY_FIELDS = ("mask", "mean", "std")   # Inpainter's trajectory keys: m_t, mu_t, sigma_t
+PANEL_NAMES = {"mask": "mask", "mean": "mean", "std": "sigma"}   # ... as the API names them
 
 
 @dataclass
@@ -63,11 +64,15 @@ class Backend:
     def info(self) -> dict[str, Any]:
         """What ``GET /api/info`` reports (besides the server's limits)."""
         data = self.config.get("data", ml_collections.ConfigDict())
+        try:
+            compiled = [list(k) for k in self.inpainter.compiled_shapes]
+        except RuntimeError:   # the model thread added a shape while this (event-loop) thread listed them
+            compiled = None
         return {"name": self.name, "kind": self.kind, "resolution": self.resolution,
                 "default_iters": self.default_iters, "iters_range": list(self.iters_range),
                 "step": self.inpainter.step, "strategies": list(STRATEGIES),
-                "trajectory": list(self.trajectory_fields), "data_source": data.get("source"),
-                "compiled": [list(k) for k in self.inpainter.compiled_shapes]}
+                "trajectory": [PANEL_NAMES[f] for f in self.trajectory_fields], "data_source": data.get("source"),
+                "compiled": compiled}
 
     def inpaint(self, image_u8: np.ndarray, known: np.ndarray, *, iters: int, seed: int, samples: int,
                 strategy: str) -> Result:

@@ -18,12 +18,10 @@ from PIL import Image
 
 from psm_jax.data.transforms import from_model_range
 from psm_jax.serve.forms import InpaintRequest
-from psm_jax.serve.model import Result
+from psm_jax.serve.model import PANEL_NAMES, Result
 from psm_jax.visualize import colorbar, heatmap
 
 COLORBAR_HEIGHT = 192
-# Trajectory keys of Inpainter (m_t, mu_t, sigma_t) -> JSON names.
-PANELS = {"mask": "mask", "mean": "mean", "std": "sigma"}
 
 
 def png_bytes(image_u8: np.ndarray) -> bytes:
@@ -62,7 +60,7 @@ def panels(trajectory: dict[str, Any], fields: tuple[str, ...], vmax: float) -> 
             imgs = [from_model_range(a[t]) for t in range(T)]
         else:
             imgs = [heatmap(a[t].mean(-1), vmax) for t in range(T)]
-        out[PANELS[key]] = [b64png(im) for im in imgs]
+        out[PANEL_NAMES[key]] = [b64png(im) for im in imgs]
     return out
 
 
@@ -77,7 +75,7 @@ def inpaint_json(req: InpaintRequest, result: Result, *, with_trajectory: bool) 
         first = result.trajectories[0]
         wh, ww = np.asarray(first["mask"]).shape[:2]
         body["trajectory"] = {
-            "fields": [PANELS[k] for k in result.fields],
+            "fields": [PANEL_NAMES[k] for k in result.fields],
             "work_size": [int(wh), int(ww)],
             "sigma_max": vmax,
             "colorbar": b64png(colorbar(COLORBAR_HEIGHT, vmax, label="sigma")),
