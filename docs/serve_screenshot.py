@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from playwright.sync_api import sync_playwright
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,7 +30,6 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "docs" / "images" / "serve_page.png"))
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
 
     proc = subprocess.Popen([sys.executable, "-m", "psm_jax.serve", "--workdir", args.workdir, "--port", "0"],
                             cwd=REPO, stdout=subprocess.PIPE, text=True)

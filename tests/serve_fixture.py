@@ -10,17 +10,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import uvicorn
 from PIL import Image
 
 import infer_fixture as fx
+from psm_jax.data.pipeline import default_data_config
+from psm_jax.serve import model
+from psm_jax.serve.__main__ import bind, url_of
 
 
 def digits_backend(workdir: Path):
     """The tiny workdir's backend, given the demo's held-out data (32 px digits): the fixture's config records
     no data section, and a run without one offers no examples."""
-    from psm_jax.data.pipeline import default_data_config
-    from psm_jax.serve import model
-
     backend = model.from_workdir(workdir)
     backend.config.data = default_data_config()
     backend.config.data.update(source="digits", resolution=fx.RESOLUTION)
@@ -50,10 +51,6 @@ class ThreadServer:
     """uvicorn serving ``app`` on 127.0.0.1 (a free port) in a daemon thread; ``url`` once started."""
 
     def __init__(self, app):
-        import uvicorn
-
-        from psm_jax.serve.__main__ import bind, url_of
-
         self.sock = bind("127.0.0.1", 0)
         self.url = url_of(self.sock).rstrip("/")
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

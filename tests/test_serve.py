@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import infer_fixture as fx  # noqa: E402
 import serve_fixture as sf  # noqa: E402
 
+from psm_jax import export, serving  # noqa: E402
 from psm_jax.data.digits import DigitsSource  # noqa: E402
 from psm_jax.inpaint import Inpainter  # noqa: E402
-from psm_jax.serve import Limits, create_app  # noqa: E402
+from psm_jax.serve import Limits, create_app, from_artifact  # noqa: E402
 from psm_jax.serve.model import Result  # noqa: E402
 
 R = fx.RESOLUTION
@@ -276,9 +277,6 @@ def test_a_full_queue_answers_503_and_the_server_recovers(digit):
 
 @pytest.mark.slow
 def test_an_exported_artifact_serves_the_same_spread(workdir, tmp_path, digit):
-    from psm_jax import export, serving
-    from psm_jax.serve import from_artifact
-
     path = tmp_path / "psm.jaxexport"
     assert export.main(["--workdir", str(workdir), "--out", str(path), "--with_trajectory"]) == 0
     backend = from_artifact(path)
@@ -311,9 +309,6 @@ def test_an_exported_artifact_serves_the_same_spread(workdir, tmp_path, digit):
 @pytest.mark.slow
 def test_the_command_serves_and_bench_serve_reports_its_rows(workdir):
     """``python -m psm_jax.serve`` for real (uvicorn, printed URL, Ctrl-C) through bench/serve.py's smoke run."""
-    import os
-    import subprocess
-
     r = subprocess.run([sys.executable, "bench/serve.py", "--workdir", str(workdir), "--repeats", "2",
                         "--concurrent", "4", "--big", "64", "--iters", str(fx.ITERS)],
                        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx2
 import numpy as np
 import pytest
 
@@ -83,12 +84,10 @@ def _set_range(page, selector: str, value: int) -> None:
 @pytest.mark.slow
 def test_page_in_headless_chromium(tmp_path):
     chromium = chromium_path()
-    try:
+    try:   # deferred: a missing package is a skip (or, under CI, a failure) with a reason, not an import error
         from playwright.sync_api import sync_playwright
     except ImportError:
         _need("the playwright package is not installed (pip install -r requirements.txt)")
-    import httpx2
-
     backend = sf.digits_backend(fx.make_workdir(tmp_path / "run"))
     errors: list[str] = []
     with sf.ThreadServer(create_app(backend, examples=48)) as server, sync_playwright() as pw:
