@@ -7,9 +7,11 @@ twice: once with the trajectory (the server always runs with it) and once withou
 from __future__ import annotations
 
 import base64
-import json
 import io
+import json
+import os
 import struct
+import subprocess
 import sys
 import threading
 import time
