@@ -1,4 +1,4 @@
-# Two entry points: `make test` and `make demo`. Both create .venv on first use.
+# Entry points: `make test`, `make demo` and `make serve`. Each creates .venv on first use.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 # pytest-xdist workers: one per core, capped so each JAX process keeps a core.
 PYTEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(max(1, min(4, os.cpu_count() or 1)))")
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast demo serve bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m psm_jax.demo --workdir $(WORKDIR)
+
+# The inpainting page on the demo model (http://127.0.0.1:8000; SERVE_FLAGS="--port 8080" etc.). A finished
+# demo has written report.json; otherwise `make demo` trains (or resumes) it first.
+serve: $(STAMP)
+	test -f $(WORKDIR)/report.json || $(PY) -m psm_jax.demo --workdir $(WORKDIR)
+	$(PY) -m psm_jax.serve --workdir $(WORKDIR) $(SERVE_FLAGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -266,3 +266,44 @@ def test_bad_input_is_one_line_and_exit_2(name, places, tmp_path):
 
 def test_there_are_at_least_40_cases():
     assert len(CASES) >= 40
+
+
+# ==== python -m psm_jax.serve (issue 23) ========================================================================
+# Kept in one block (and run by its own test) so it merges cleanly with other edits of CASES above.
+SERVE = ["-m", "psm_jax.serve"]
+SERVE_CASES = {
+    "serve_no_source": ([*SERVE], "--workdir --artifact is required", None),
+    "serve_both_sources": ([*SERVE, "--workdir", "{empty}", "--artifact", "{file}"], "--artifact", None),
+    "serve_missing_workdir": ([*SERVE, "--workdir", "{tmp}/none"], "{tmp}/none: does not exist", None),
+    "serve_workdir_not_a_run": ([*SERVE, "--workdir", "{empty}"], "no checkpoints/ folder", None),
+    "serve_missing_artifact": ([*SERVE, "--artifact", "{tmp}/none.jaxexport"], "none.jaxexport", None),
+    "serve_artifact_without_sidecar": ([*SERVE, "--artifact", "{file}"], "file.json: sidecar not found", None),
+    "serve_port_out_of_range": ([*SERVE, "--workdir", "{empty}", "--port", "70000"], "--port", None),
+    "serve_port_not_a_number": ([*SERVE, "--workdir", "{empty}", "--port", "http"], "--port", None),
+    "serve_zero_upload_cap": ([*SERVE, "--workdir", "{empty}", "--max_upload_bytes", "0"], "--max_upload_bytes",
+                              None),
+    "serve_zero_pixel_cap": ([*SERVE, "--workdir", "{empty}", "--max_pixels", "-5"], "--max_pixels", None),
+    "serve_zero_queue": ([*SERVE, "--workdir", "{empty}", "--max_queue", "0"], "--max_queue", None),
+    "serve_negative_examples": ([*SERVE, "--workdir", "{empty}", "--examples", "-1"], "--examples", None),
+    "serve_step_with_artifact": ([*SERVE, "--artifact", "{file}", "--step", "3"], "--step", None),
+    "serve_bad_host": ([*SERVE, "--workdir", "{empty}", "--host", "no such host!"], "--host", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SERVE_CASES))
+def test_serve_bad_input_is_one_line_and_exit_2(name, places, tmp_path, monkeypatch):
+    monkeypatch.setitem(CASES, name, SERVE_CASES[name])
+    test_bad_input_is_one_line_and_exit_2(name, places, tmp_path)
+
+
+def test_serve_port_in_use_is_one_line_and_exit_2(places, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        monkeypatch.setitem(CASES, "serve_port_in_use", ([*SERVE, "--workdir", "{empty}", "--port", port],
+                                                         f"--port {port}: cannot listen", None))
+        test_bad_input_is_one_line_and_exit_2("serve_port_in_use", places, tmp_path)
+# ==== end of the psm_jax.serve block ============================================================================
