@@ -12,8 +12,9 @@ computation), and prints one JSON line:
 
 * ``state_{params,opt,ema,other,total}_bytes``: what one device holds of the train state (its shards);
   ``state_params_replicated_bytes`` the part of the parameters that fsdp leaves whole on every device;
-* ``{train,r1}_{argument,output,temp,alias,total}_bytes``: ``compiled.memory_analysis()`` per device, total =
-  argument + output + temp - alias; ``peak_bytes`` the larger of the two totals; ``{train,r1}_gflop`` XLA's
+* ``{train,r1}_{argument,output,temp,alias,constant,total}_bytes``: ``compiled.memory_analysis()`` per device,
+  total = argument + output + temp - alias + constant (the perceptual ResNet's weights, which the G step holds
+  as constants that the analysis leaves out); ``peak_bytes`` the larger of the two totals; ``{train,r1}_gflop`` XLA's
   FLOPs per step per device; ``{train,r1}_compile_s``;
 * ``fits_<N>gib``: peak_bytes <= ``--headroom`` x N GiB for N in 16, 32, 40, 80, 141;
 * ``note``: the figures are XLA:CPU's (arguments, outputs and state are exact; temporaries are the CPU
@@ -52,12 +53,14 @@ MD_COLUMNS = ("config", "mesh", "batch", "per_device_batch", "dtype", "remat", "
               "train_total_gib", "r1_total_gib", "peak_gib", *(f"fits_{c}" for c in CAPACITIES_GIB),
               "train_tflop", "r1_tflop", "compile_s", "platform", "load1")
 # Published peak dense bf16 FLOP/s per chip (one JAX device) and memory per chip; sources in docs/SCALING.md.
+# (A100 80GB and H200 have the speed of A100 40GB and H100 SXM: the fits_80/fits_141 columns tell them apart.)
 ACCELERATORS = {"TPU v4": (275e12, 32), "TPU v5e": (197e12, 16), "A100 40GB": (312e12, 40),
-                "A100 80GB": (312e12, 80), "H100 SXM": (989e12, 80)}
-MFUS = (0.3, 0.5)
+                "H100 SXM": (989e12, 80)}
+MFUS = (0.15, 0.3, 0.5)
 TRAIN_IMAGES = 20_000_000     # Sec. 4.2
-PROJECTION_COLUMNS = ("config", "mesh", "batch", "dtype", "remat", "accelerator", "fits", "mfu",
-                      "step_s (projected)", "days_per_20M (projected)")
+PROJECTION_COLUMNS = ("config", "mesh", "batch", "remat", "accelerator", "fits",
+                      *(f"step_s@{m:.0%} (projected)" for m in MFUS),
+                      *(f"days/20M@{m:.0%} (projected)" for m in MFUS))
 LARGEST_COLUMNS = ("config", "fsdp", "dtype", "remat", "from_per_device_batches", "gib_per_image", "fixed_gib",
                    *(f"max_per_device_batch_{c}gib" for c in CAPACITIES_GIB))
 
@@ -133,23 +136,26 @@ def _markdown_row(r: dict) -> dict:
 
 
 def projections(rows: list[dict]) -> list[dict]:
-    """Projected step time and days per 20M images of every bf16 row with both steps, on each accelerator.
+    """Projected step time and days per 20M images on each accelerator, for the bf16 rows at global batch 32
+    with data parallelism only (fsdp adds communication, not FLOPs) and both steps compiled.
 
     step_s = (train FLOPs + r1 FLOPs / r1_interval) per device / (peak bf16 FLOP/s x MFU);
     days = 20M / global batch x step_s / 86400. Communication and input are assumed hidden.
     """
     out = []
     for r in rows:
-        if r.get("dtype") != "bfloat16" or "train_gflop" not in r or "r1_gflop" not in r:
+        if (r.get("dtype"), r.get("batch"), r.get("fsdp")) != ("bfloat16", 32, 1) or "r1_gflop" not in r \
+                or "train_gflop" not in r:
             continue
         flop = (r["train_gflop"] + r["r1_gflop"] / r.get("r1_interval", 16)) * 1e9
         for name, (peak, mem_gib) in ACCELERATORS.items():
+            row = {**{k: r[k] for k in ("config", "mesh", "batch", "remat")}, "accelerator": name,
+                   "fits": r["peak_bytes"] <= r.get("headroom", 0.9) * mem_gib * scaling.GIB}
             for mfu in MFUS:
                 step_s = flop / (peak * mfu)
-                out.append({**{k: r[k] for k in ("config", "mesh", "batch", "dtype", "remat")}, "accelerator": name,
-                            "fits": r["peak_bytes"] <= r.get("headroom", 0.9) * mem_gib * scaling.GIB, "mfu": mfu,
-                            "step_s (projected)": round(step_s, 3),
-                            "days_per_20M (projected)": round(TRAIN_IMAGES / r["batch"] * step_s / 86400, 2)})
+                row[f"step_s@{mfu:.0%} (projected)"] = round(step_s, 3)
+                row[f"days/20M@{mfu:.0%} (projected)"] = round(TRAIN_IMAGES / r["batch"] * step_s / 86400, 2)
+            out.append(row)
     return out
 
 
@@ -180,12 +186,21 @@ def largest_batches(rows: list[dict]) -> list[dict]:
 
 
 def write_markdown(rows: list[dict]) -> None:
+    # The derived tables are recomputed from every row, so their old rows are dropped first (update_markdown
+    # keeps rows whose keys are not among the new ones, which suits the measured table only).
+    text = SCALING_MD.read_text()
+    for section in ("scaling_largest", "scaling_projection"):
+        begin, end = f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
+        i, j = text.find(begin), text.find(end)
+        if 0 <= i < j:
+            text = text[:i + len(begin)] + "\n" + text[j:]
+    SCALING_MD.write_text(text)
     common.update_markdown("scaling", [_markdown_row(r) for r in rows], key=KEY, columns=MD_COLUMNS,
                            path=SCALING_MD, title="Per-device memory and FLOPs (bench/scaling.py)")
     common.update_markdown("scaling_largest", largest_batches(rows), key=("config", "fsdp", "dtype", "remat"),
                            columns=LARGEST_COLUMNS, path=SCALING_MD, title="Largest per-device batch (extrapolated)")
     common.update_markdown("scaling_projection", projections(rows),
-                           key=("config", "mesh", "batch", "dtype", "remat", "accelerator", "mfu"),
+                           key=("config", "mesh", "batch", "remat", "accelerator"),
                            columns=PROJECTION_COLUMNS, path=SCALING_MD, title="Projected step time (PROJECTION)")
 
 
@@ -247,10 +262,14 @@ def main(argv: list[str] | None = None) -> int:
             common.fail(prog, f"--mesh: {e}")
     else:
         try:
-            jax.devices(args.platform)
+            have = len(jax.devices(args.platform))
         except RuntimeError as e:
             common.fail(prog, f"--platform {args.platform}: {' '.join(str(e).split())[:200]}")
+        if have < max(d * f for d, f in meshes):
+            common.fail(prog, f"--mesh needs {max(d * f for d, f in meshes)} {args.platform} devices, found {have}")
     out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_file():
+        common.fail(prog, f"--out {out} is not a file; expected a JSON-lines file path")
     done = {tuple(r.get(k) for k in KEY) for r in _read_rows(out)} if out else set()
     remats = {"off": [False], "on": [True], "both": [False, True]}[args.remat]
     # Bad batches fail here, before minutes of compiling: every batch must split over every mesh.

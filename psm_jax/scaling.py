@@ -195,18 +195,22 @@ def gib(n: float) -> float:
     return n / GIB
 
 
+def _size(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= 0.1 * GIB else f"{n / 2 ** 20:.1f} MiB"
+
+
 def memory_line(row: dict[str, Any]) -> str:
     """One line a person reads: per-device state, step totals and FLOPs of an :func:`analyze` row."""
-    f = lambda key: f"{gib(row[key]):.2f}"  # noqa: E731
+    f = lambda key: _size(row[key])  # noqa: E731
     steps = [s for s in ("train", "r1") if f"{s}_total_bytes" in row]
     parts = []
     for s in steps:
         const = f" + constants {f(f'{s}_constant_bytes')}" if row[f"{s}_constant_bytes"] else ""
-        parts.append(f"{s} step {f(f'{s}_total_bytes')} GiB (args {f(f'{s}_argument_bytes')} + temp "
+        parts.append(f"{s} step {f(f'{s}_total_bytes')} (args {f(f'{s}_argument_bytes')} + temp "
                      f"{f(f'{s}_temp_bytes')} + out {f(f'{s}_output_bytes')} - aliased "
                      f"{f(f'{s}_alias_bytes')}{const})")
     flops = ", ".join(f"{s} {row[f'{s}_gflop'] / 1e3:.4g} TFLOP" for s in steps)
     return (f"per device on {mesh_name(row['data'], row['fsdp'])} ({row['devices']} devices), global batch "
-            f"{row['batch']} ({row['per_device_batch']}/device): state {f('state_total_bytes')} GiB "
+            f"{row['batch']} ({row['per_device_batch']}/device): state {f('state_total_bytes')} "
             f"(params {f('state_params_bytes')}, Adam {f('state_opt_bytes')}, EMA {f('state_ema_bytes')}); "
-            f"{'; '.join(parts)}; peak {f('peak_bytes')} GiB; per step per device {flops}")
+            f"{'; '.join(parts)}; peak {f('peak_bytes')}; per step per device {flops}")

@@ -52,6 +52,7 @@ def test_parse_mesh():
     (["--configs", "places1024"], "--configs"),
     (["--steps", "g"], "--steps"),
     (["--markdown"], "--out"),
+    (["--out", "bench"], "--out"),                 # a folder
     (["--configs", "places512", "--execute", "2"], "--execute"),
 ])
 def test_bad_arguments_are_one_line_errors_before_compiling(args, needle):
