@@ -177,12 +177,19 @@ def _spread_fakes(g_params, state, batch, key, *, config, models):
 
 
 def _augmented_d_logits(config, models, d_params, fake_TBHWC, m0, key, p):
-    """ADA on all T x B fakes (per-sample draws), then one D call per iteration -> [T, B]."""
+    """ADA on all T x B fakes (per-sample draws), then one D call per iteration -> [T, B].
+
+    The T x B fakes are merged batch-major (sample b's iterations side by side): the batch axis
+    stays the outer one, so its data-parallel sharding survives the reshape. Merged iteration-major,
+    XLA cannot split the merged axis over the batch's devices and gathers every fake onto every
+    device, so each ran ADA and D on the whole global batch (docs/SCALING.md).
+    """
     T, B = fake_TBHWC.shape[:2]
-    fake_NHWC = fake_TBHWC.reshape((T * B,) + fake_TBHWC.shape[2:])
-    aug_img, aug_mask = _augment(config, key, fake_NHWC, jnp.tile(m0, (T, 1, 1, 1)), p)
-    return d_logits_per_iteration(models, d_params, aug_img.reshape(fake_TBHWC.shape),
-                                  aug_mask.reshape((T, B) + aug_mask.shape[1:]), config.compute_dtype)
+    fake_NHWC = jnp.swapaxes(fake_TBHWC, 0, 1).reshape((B * T,) + fake_TBHWC.shape[2:])
+    aug_img, aug_mask = _augment(config, key, fake_NHWC, jnp.repeat(m0, T, axis=0), p)
+    img_TBHWC = jnp.swapaxes(aug_img.reshape((B, T) + fake_TBHWC.shape[2:]), 0, 1)
+    mask_TBHW1 = jnp.swapaxes(aug_mask.reshape((B, T) + aug_mask.shape[1:]), 0, 1)
+    return d_logits_per_iteration(models, d_params, img_TBHWC, mask_TBHW1, config.compute_dtype)
 
 
 def _g_loss(g_params, state, batch, key, *, config, models):

@@ -268,7 +268,8 @@ def test_there_are_at_least_40_cases():
     assert len(CASES) >= 40
 
 
-# ==== python -m psm_jax.serve (issue 23) ========================================================================
+# ==== python -m psm_jax.serve (issue 23) =================================================================
+
 # Kept in one block (and run by its own test) so it merges cleanly with other edits of CASES above.
 SERVE = ["-m", "psm_jax.serve"]
 SERVE_CASES = {
@@ -307,3 +308,25 @@ def test_serve_port_in_use_is_one_line_and_exit_2(places, tmp_path, monkeypatch)
                                                          f"--port {port}: cannot listen", None))
         test_bad_input_is_one_line_and_exit_2("serve_port_in_use", places, tmp_path)
 # ==== end of the psm_jax.serve block ============================================================================
+=======
+# ==== issue 25 (pod planning): `python -m psm_jax.models.summary --mesh` =====================
+# Kept in its own block (other changes to this file go above it). The cases join CASES, so the
+# count above includes them, and run through the same check.
+MESH_CASES = {
+    "summary_mesh_unknown_axis": (["-m", "psm_jax.models.summary", "--config", "configs/psm.py:tiny", "--mesh",
+                                   "data=2,dp=2"], "--mesh", None),
+    "summary_mesh_zero_devices": (["-m", "psm_jax.models.summary", "--config", "configs/psm.py:tiny", "--mesh",
+                                   "data=0"], "--mesh", None),
+    "summary_mesh_not_a_number": (["-m", "psm_jax.models.summary", "--config", "configs/psm.py:tiny", "--mesh",
+                                   "data=four"], "--mesh", None),
+    "summary_mesh_batch_does_not_split": (["-m", "psm_jax.models.summary", "--config", "configs/psm.py:tiny",
+                                           "--mesh", "data=3"], "batch_size=4", None),
+    "summary_mesh_without_config": (["-m", "psm_jax.models.summary", "--variant", "paper512", "--mesh", "data=2"],
+                                    "--config", None),
+}
+CASES.update(MESH_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(MESH_CASES))
+def test_summary_mesh_bad_input(name, places, tmp_path):
+    test_bad_input_is_one_line_and_exit_2(name, places, tmp_path)

@@ -3,6 +3,11 @@
 Usage:
   python -m psm_jax.models.summary --variant paper512
   python -m psm_jax.models.summary --config configs/psm.py:places512 [--batch_size 8] [--json]
+  python -m psm_jax.models.summary --config configs/psm.py:places512 --mesh data=4,fsdp=2
+
+``--mesh`` adds the per-device memory and FLOPs of the training steps on that pod layout, at the
+config's global batch (``psm_jax.scaling``, the same line as ``bench/scaling.py``): the G + D and
+R1 steps are compiled for simulated CPU devices (minutes at 512), never run.
 
 Nothing is compiled or allocated: shapes come from ``jax.eval_shape`` and the FLOPs from XLA's
 cost analysis of the lowered forward (``Lowered.cost_analysis()``), so it runs in seconds on CPU.
@@ -81,9 +86,10 @@ def summarize(model_cfg: Any, batch: int = 1) -> dict[str, Any]:
     }
 
 
-def _load_model_config(args: argparse.Namespace) -> Any:
+def _load_config(args: argparse.Namespace) -> Any:
+    """The whole training config (``--config``) or the generator config of ``--variant``."""
     if args.config:
-        return load_config(args.config).model
+        return load_config(args.config)
     return model_config(args.variant)
 
 
@@ -95,18 +101,43 @@ def main(argv: list[str] | None = None) -> int:
                      help="generator variant (psm_jax.models.generator.model_config)")
     parser.add_argument("--batch_size", type=int, default=1, help="batch size for the FLOP count")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--mesh", help="also compile the training steps for this pod layout, e.g. data=4,fsdp=2 "
+                                       "(needs --config; the global batch is the config's)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         return cli.error(f"python -m psm_jax.models.summary: --batch_size must be >= 1, got {args.batch_size}")
+    mesh_shape = None
+    if args.mesh is not None:
+        # Deferred: the mesh analysis builds the whole training program (train.py, the data
+        # pipeline, Orbax); the parameter summary alone does not load them.
+        from psm_jax import scaling
+        if not args.config:
+            return cli.error("python -m psm_jax.models.summary: --mesh needs --config (the training "
+                             "config whose steps are compiled), e.g. --config configs/psm.py:places512")
+        try:
+            mesh_shape = scaling.parse_mesh(args.mesh)
+            # Before JAX's first computation: the simulated devices are fixed once JAX starts.
+            scaling.use_cpu_devices(mesh_shape[0] * mesh_shape[1])
+        except ValueError as e:
+            return cli.error(f"python -m psm_jax.models.summary: --mesh: {e}")
     try:
-        model_cfg = _load_model_config(args)
+        config = _load_config(args)
     except (OSError, ValueError, AttributeError, KeyError, ImportError, SyntaxError) as e:
         where = args.config or args.variant
         return cli.error(f"python -m psm_jax.models.summary: cannot load model config from {where!r}: {e}")
+    model_cfg = config.model if args.config else config
+    if mesh_shape is not None:
+        devices = mesh_shape[0] * mesh_shape[1]
+        if config.batch_size % devices:
+            return cli.error(f"python -m psm_jax.models.summary: --mesh {args.mesh}: {devices} devices do not "
+                             f"split the config's global batch_size={config.batch_size}")
     try:
         s = summarize(model_cfg, args.batch_size)
     except (TypeError, ValueError) as e:
         return cli.error(f"python -m psm_jax.models.summary: invalid model config: {e}")
+    if mesh_shape is not None:
+        row = scaling.analyze(config, scaling.make_mesh(*mesh_shape))
+        s["per_device"] = {**row, "note": scaling.CPU_NOTE}
     if args.json:
         print(json.dumps(s))
         return 0
@@ -117,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'total':<{width}}  {s['params_total']:>12,d}  ({s['params_total'] / 1e6:7.3f} M)")
     print(f"  buffers (not trained): {s['buffers_total']:,d}")
     print(f"FLOPs per forward (batch {s['batch']}, XLA cost analysis): {s['flops_forward'] / 1e9:.2f} GFLOP")
+    if mesh_shape is not None:
+        print(scaling.memory_line(s["per_device"]))
+        print(f"  ({scaling.CPU_NOTE})")
     return 0
 
 
