@@ -23,7 +23,7 @@ def plot_learning_curve(curve: list[dict[str, Any]], baselines: dict[str, float]
     # Deferred: matplotlib costs ~0.5 s to import, and only the figures need it.
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred with matplotlib, above
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     steps = [c["step"] for c in curve]

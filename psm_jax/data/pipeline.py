@@ -46,9 +46,9 @@ import numpy as np
 from absl import flags
 
 from psm_jax.data import digits, mask_io, sources, synthetic, transforms
+from psm_jax.data.sources import make_source
 from psm_jax.data.corrupt import CorruptDataError, count_skipped, drop_corrupt, skipped_total
 from psm_jax.data.masks import random_mask
-from psm_jax.data.synthetic import SyntheticSource
 from psm_jax.data.transforms import MaskFn
 
 __all__ = ["CorruptDataError", "Batch", "FileMasks", "SeededMasks", "default_data_config", "default_mask_fn",
@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 
-# Offset between the synthetic train and eval sources, so eval images are never training images.
-_SYNTHETIC_EVAL_SEED_OFFSET = 1_000_003
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -140,29 +138,6 @@ def _ensure_absl_flags_parsed() -> None:
     # (pytest, notebooks) nobody parsed them, so accept the defaults explicitly.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-
-
-def make_source(cfg: ml_collections.ConfigDict, *, train: bool = True):
-    """The random-access source named by ``cfg.source`` (train or eval split)."""
-    if cfg.source == "synthetic":
-        if train:
-            return SyntheticSource(cfg.synthetic_size, cfg.resolution, seed=cfg.seed, kind=cfg.synthetic_kind)
-        return SyntheticSource(cfg.eval_synthetic_size, cfg.resolution, seed=cfg.seed + _SYNTHETIC_EVAL_SEED_OFFSET,
-                               kind=cfg.synthetic_kind)
-    if cfg.source == "digits":
-        first, stop = cfg.digits_train if train else cfg.digits_eval
-        return digits.DigitsSource(first, stop, cfg.resolution)
-    if cfg.source == "folder":
-        path = cfg.path if train else cfg.eval_path
-        if not path:
-            raise ValueError(f"config.data.{'path' if train else 'eval_path'} is empty; the folder source needs it")
-        return sources.FolderSource(path)
-    if cfg.source == "tfds":
-        if not cfg.tfds_name:
-            raise ValueError("config.data.tfds_name is empty; the tfds source needs a dataset name")
-        return sources.TfdsSource(cfg.tfds_name, cfg.tfds_split if train else cfg.eval_split,
-                                  cfg.tfds_data_dir or None, cfg.tfds_image_key)
-    raise ValueError(f"config.data.source={cfg.source!r}: expected 'synthetic', 'digits', 'folder' or 'tfds'")
 
 
 def _check_config(cfg: ml_collections.ConfigDict) -> None:

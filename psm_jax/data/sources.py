@@ -17,7 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ml_collections
+
+from psm_jax.data import digits
 from psm_jax.data.image_files import IMAGE_EXTENSIONS, find_images
+from psm_jax.data.synthetic import SyntheticSource
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +93,30 @@ class TfdsSource:
 
     def __repr__(self) -> str:
         return f"TfdsSource({self.name!r}, split={self.split!r}, {len(self)} records)"
+
+
+# Offset between the synthetic train and eval sources, so eval images are never training images.
+_SYNTHETIC_EVAL_SEED_OFFSET = 1_000_003
+
+
+def make_source(cfg: ml_collections.ConfigDict, *, train: bool = True):
+    """The random-access source named by ``cfg.source`` (train or eval split)."""
+    if cfg.source == "synthetic":
+        if train:
+            return SyntheticSource(cfg.synthetic_size, cfg.resolution, seed=cfg.seed, kind=cfg.synthetic_kind)
+        return SyntheticSource(cfg.eval_synthetic_size, cfg.resolution, seed=cfg.seed + _SYNTHETIC_EVAL_SEED_OFFSET,
+                               kind=cfg.synthetic_kind)
+    if cfg.source == "digits":
+        first, stop = cfg.digits_train if train else cfg.digits_eval
+        return digits.DigitsSource(first, stop, cfg.resolution)
+    if cfg.source == "folder":
+        path = cfg.path if train else cfg.eval_path
+        if not path:
+            raise ValueError(f"config.data.{'path' if train else 'eval_path'} is empty; the folder source needs it")
+        return FolderSource(path)
+    if cfg.source == "tfds":
+        if not cfg.tfds_name:
+            raise ValueError("config.data.tfds_name is empty; the tfds source needs a dataset name")
+        return TfdsSource(cfg.tfds_name, cfg.tfds_split if train else cfg.eval_split,
+                                  cfg.tfds_data_dir or None, cfg.tfds_image_key)
+    raise ValueError(f"config.data.source={cfg.source!r}: expected 'synthetic', 'digits', 'folder' or 'tfds'")

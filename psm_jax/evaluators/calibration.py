@@ -215,7 +215,7 @@ class CalibrationAccumulator:
         # Deferred: matplotlib costs ~0.5 s to import, and only the plots need it.
         import matplotlib
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # deferred with matplotlib, above
 
         fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
         for i, t in enumerate(self.iterations()):
@@ -248,7 +248,7 @@ class CalibrationAccumulator:
 
     def reliability_png(self, path: str | Path, size: int = 360) -> None:
         """Log-log plot of RMS error against RMS sigma per bin, one colour per iteration."""
-        from PIL import Image, ImageDraw
+        from PIL import Image, ImageDraw  # deferred: only the plot needs PIL
 
         img = Image.new("RGB", (size, size), "white")
         d = ImageDraw.Draw(img)

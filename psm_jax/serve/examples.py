@@ -13,7 +13,7 @@ import threading
 import ml_collections
 import numpy as np
 
-from psm_jax.data.pipeline import make_source
+from psm_jax.data.sources import make_source
 from psm_jax.data.transforms import CORRUPT, Decode, center_crop
 from psm_jax.serve.render import png_bytes
 
