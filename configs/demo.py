@@ -54,7 +54,7 @@ from psm_jax.config_lib import base_config, parse_arg, set_dotted
 from psm_jax.data.pipeline import default_data_config
 from psm_jax.models.generator import model_config
 
-# Generator widths of the demo: 16 -> 128 channels (model_config("tiny") fills the rest).
+# Generator widths of the demo: 16 -> 128 channels (on model_config("paper512")'s other fields).
 DEMO_MODEL = dict(channel_base=16, channel_max=128, z_dim=64, w_dim=64, global_style_dim=64,
                   num_heads=2, uga_channels=8)
 
@@ -69,7 +69,8 @@ VARIANTS = {
         "demo.eval_images": 64,
     },
     "tiny": {
-        "model": "tiny",   # generator.model_config("tiny"): 32x32, a few channels
+        # generator.model_config("tiny"), the test model: 16x16 digits, a 2-level U-Net, a few channels.
+        "model": "tiny", "data.digits_shift": 1,
         "discriminator.channel_base": 256, "discriminator.channel_max": 32,
         "discriminator.mbstd_group_size": 2,
         # Batch 8 fills 8 devices and 2 processes x 2 devices. Adam's eps = 1e-3: with 1e-8 a
@@ -88,7 +89,7 @@ def get_config(arg=None):
         raise ValueError(f"configs/demo.py: unknown variant {a.variant!r}; expected one of {', '.join(VARIANTS)}")
     c = base_config()
     c.seed = 0
-    c.model = model_config("tiny")
+    c.model = model_config("paper512")
     c.model.update(DEMO_MODEL)
     # time_input=False: measured departure, see the docstring.
     c.model.update(resolution=32, use_latent=False, use_noise=False, output_gain=0.1, var_gain=0.1,

@@ -56,6 +56,7 @@ ROWS = {
     "ablation iterations": "spread.test_iters",
     "decoder blocks": "model.channel_base",
     "number of attention blocks": "model.attention_depth",
+    "U-Net depth": "model.num_down",                     # issue 26: Supp. A's H/32 as a field
 }
 
 

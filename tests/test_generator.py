@@ -156,6 +156,10 @@ def test_paper_configs_build_via_eval_shape(variant, expected_res):
     assert p["enc_res3"]["main"]["conv1"]["kernel"].shape == (3, 3, 512, 512)
     assert p["dec_res0"]["toRGB"]["bias"].shape == (6,)  # mean (3) + log variance (3)
     assert len([k for k in p["mapping"] if k.startswith("fc")]) == 8
+    assert gen.num_down == 5 and "enc_res5" in p and "enc_res6" not in p       # H/32 (Supp. A)
+    # The count `python -m psm_jax.models.summary --variant paper512` gives (docs/TESTING.md): the U-Net
+    # depth field (model.num_down) left the paper configs unchanged.
+    assert n == 77_443_727, n
 
 
 def _attention_sites(gen: Generator, resolution: int) -> tuple[list[str], dict]:
@@ -195,19 +199,77 @@ def test_uga_off_removes_only_f_parameters():
     assert set(paths) == {p for p in full_paths if "uncertainty_bias" not in p}
 
 
-def test_tiny_style_depth_is_clamped():
-    """At 32x32 the H/32 map is 1x1: ToStyle takes the global mean without downsampling."""
-    p = _abstract_init(Generator(**model_config("tiny")))["params"]["to_style"]
-    assert [k for k in p if k.startswith("conv")] == []
-    p512 = _abstract_init(Generator(**model_config("paper256")))["params"]["to_style"]
-    assert len([k for k in p512 if k.startswith("conv")]) == 3
+def _to_style_convs(gen: Generator) -> int:
+    return len([k for k in _abstract_init(gen)["params"]["to_style"] if k.startswith("conv")])
 
 
-def test_bad_input_size_raises():
-    gen = Generator(**model_config("tiny"))
-    x, m = jnp.zeros((1, 48, 40, 3)), jnp.zeros((1, 48, 40, 1))
-    with pytest.raises(ValueError, match="divisible by 32"):
+def test_style_depth_is_clamped():
+    """ToStyle downsamples the bottleneck min(3, log2(H) - num_down) times: at 32x32 with 5 levels the
+    H/32 map is 1x1 and it takes the global mean directly; the tiny test model's 4x4 bottleneck allows 2."""
+    small = model_config("tiny")
+    assert _to_style_convs(Generator(**{**small, "resolution": 32, "num_down": 5,
+                                        "attention_downsample": (16, 32)})) == 0
+    assert (small.resolution, small.num_down) == (16, 2) and _to_style_convs(Generator(**small)) == 2
+    assert _to_style_convs(Generator(**model_config("paper256"))) == 3
+
+
+def _tiny_levels(num_down: int, resolution: int = 32) -> Generator:
+    """Tiny widths, ``num_down`` levels, attention at the bottleneck only."""
+    return Generator(**{**model_config("tiny"), "resolution": resolution, "num_down": num_down,
+                        "attention_downsample": (2**num_down,)})
+
+
+@pytest.mark.parametrize("num_down", [2, 3, 5])
+def test_num_down_sets_the_unet_depth(num_down):
+    """Encoder, decoder, skips, attention scale, style rows and the ToStyle clamp follow model.num_down."""
+    gen = _tiny_levels(num_down)
+    variables = _abstract_init(gen)
+    p, buffers = variables["params"], variables["buffers"]
+    assert [k for k in p if k.startswith("enc_res")] == [f"enc_res{d}" for d in range(1, num_down + 1)]
+    assert sorted(k for k in p if k.startswith("dec_res")) == sorted(f"dec_res{d}" for d in range(num_down))
+    # The bottleneck is H / 2**num_down wide: the first decoder block's noise map has its size.
+    side = 32 // 2**num_down
+    assert buffers["dec_first"]["conv1"]["noise_const"].shape == (side, side)
+    assert p["enc_res" + str(num_down)]["main"]["conv1"]["kernel"].shape[-1] == gen.channels(num_down)
+    assert {k for k in p if "attn" in k} == {f"enc_attn{num_down}_0", f"dec_attn{num_down}_0"}
+    assert gen.num_ws == 2 * num_down + 2 and gen.multiple == 2**num_down
+    assert _to_style_convs(gen) == min(3, 5 - num_down)
+    x, m, _ = (jnp.zeros((1, 32, 32, c)) for c in (3, 1, 1))
+    mean, log_var = jax.eval_shape(lambda v: gen.apply(v, x, m, m, m, 0.0, rngs=_rngs()), variables)
+    assert mean.shape == log_var.shape == (1, 32, 32, 3)
+
+
+def test_bad_unet_depth_and_attention_scales_raise():
+    gen = _tiny_levels(2)
+    x, m = jnp.zeros((1, 18, 16, 3)), jnp.zeros((1, 18, 16, 1))
+    with pytest.raises(ValueError, match="divisible by 4"):   # the tiny model's multiple is 2**2
         jax.eval_shape(lambda: gen.init(_rngs(), x, m, m, m, 0.0))
+    x, m = jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 32, 32, 1))
+    # An attention scale below the bottleneck (H/8 of a 2-level U-Net) does not exist.
+    with pytest.raises(ValueError, match=r"attention_downsample \(8,\) must be powers of 2 up to 4"):
+        jax.eval_shape(lambda: gen.clone(attention_downsample=(8,)).init(_rngs(), x, m, m, m, 0.0))
+    with pytest.raises(ValueError, match="num_down 0 must be an integer >= 1"):
+        jax.eval_shape(lambda: gen.clone(num_down=0).init(_rngs(), x, m, m, m, 0.0))
+
+
+@pytest.mark.slow  # three spread compiles (~5 s each on 2 busy cores)
+@pytest.mark.parametrize("num_down", [2, 3, 5])
+def test_spread_runs_on_each_unet_depth(num_down):
+    gen = _tiny_levels(num_down)
+    x, m0, _ = _inputs(32, batch=1, seed=3)
+    image = jax.random.uniform(jax.random.key(9), x.shape) * 2 - 1
+    # Standard-normal variables of the right shapes (the layers scale their weights at run time, as
+    # StyleGAN2's equalized learning rate does): compiling the initialisers would double the cost.
+    rng = np.random.default_rng(num_down)
+    variables = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(np.float32), _abstract_init(gen))
+    run = jax.jit(lambda v, i, m, key: pixel_spread(make_apply_fn(gen, v), i, m, key, num_iters=2,
+                                                    return_trajectory=True), compiler_options=FAST_COMPILE)
+    out = run(variables, image, m0, jax.random.key(0))
+    known = np.asarray(m0)[..., 0] > 0.5
+    np.testing.assert_array_equal(np.asarray(out["image"])[known], np.asarray(image)[known])
+    assert (np.asarray(out["mask"]) == 1).all()
+    assert out["trajectory"]["mean"].shape == (2, 1, 32, 32, 3)
+    assert np.isfinite(np.asarray(out["image"])).all()
 
 
 def test_soft_clamp():
@@ -225,7 +287,7 @@ def test_summary_cli(capsys):
     import json
     s = json.loads(capsys.readouterr().out)
     assert s["params_total"] == sum(s["params_per_module"].values()) > 0
-    assert s["flops_forward"] > 0 and s["resolution"] == 32
+    assert s["flops_forward"] > 0 and s["resolution"] == model_config("tiny").resolution
     assert summary.main(["--config", "does/not/exist.py"]) == 2
     assert "does/not/exist.py" in capsys.readouterr().err
     assert summary.main(["--variant", "tiny", "--batch_size", "0"]) == 2
@@ -248,19 +310,24 @@ def test_use_latent_off_makes_the_generator_deterministic(tiny):
 
 
 @pytest.mark.slow
-def test_output_gain_scales_both_heads_before_the_clamp(tiny):
+def test_output_and_var_gains_scale_the_heads_before_the_clamp(tiny):
+    """output_gain scales the mean, var_gain the log variance (the demo sets both to 0.1)."""
     gen, variables, _ = tiny
     x, m0, u = _inputs(gen.resolution)
     z = jnp.zeros((B, gen.z_dim))
 
-    def run(g, **fields):
-        g = gen.clone(output_gain=g, **fields)
+    def run(g, var_gain=None, **fields):
+        g = gen.clone(output_gain=g, var_gain=g if var_gain is None else var_gain, **fields)
         return jax.jit(lambda: g.apply(variables, x, m0, m0, u, 0.0, z=z, noise_mode="const"),
                        compiler_options=FAST_COMPILE)()
 
     mean1, log_var1 = run(1.0)
     mean2, log_var2 = run(0.1)
     np.testing.assert_allclose(mean2, 0.1 * mean1, rtol=1e-5, atol=1e-6)
+    # The two gains are separate fields: output_gain alone leaves the log variance as it was.
+    mean3, log_var3 = run(0.1, var_gain=1.0)
+    np.testing.assert_allclose(mean3, mean2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(log_var3, log_var1)
     # The gain acts before the soft clamp: with a clamp range far outside the values the clamp is
     # the identity (to ~1e-4), so the raw log variance scales exactly like the mean.
     wide = dict(log_var_min=-50.0, log_var_max=50.0)

@@ -302,7 +302,7 @@ def make_apply_fn(generator: Generator, variables: Any, *, noise_mode: NoiseMode
 
 def model_config(variant: str) -> ml_collections.ConfigDict:
     """``config.model`` for a variant: "paper512" (Sec. 4.2), "paper256" (Sec. 4.3 ablations,
-    same widths) or "tiny" (32x32, few channels; CPU tests). Keys are the Generator fields."""
+    same widths) or "tiny" (16x16, 2 levels, few channels; CPU tests). Keys are the Generator fields."""
     fields = {f.name: f.default for f in Generator.__dataclass_fields__.values()
               if f.name not in ("parent", "name")}
     if variant == "paper512":
@@ -310,8 +310,11 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     elif variant == "paper256":
         fields["resolution"] = 256
     elif variant == "tiny":
-        fields.update(resolution=32, channel_base=8, channel_max=32, z_dim=32, w_dim=32,
-                      global_style_dim=32, num_heads=2, uga_channels=8)
+        # The test model, cheap to compile (docs/TESTING.md): every code path of the paper model on a
+        # 2-level U-Net at 16 px (4x4 bottleneck, as 512 px has 16x16), attention at the bottleneck only.
+        fields.update(resolution=16, num_down=2, channel_base=8, channel_max=32, z_dim=32, w_dim=32,
+                      mapping_layers=2, global_style_dim=32, attention_downsample=(4,), num_heads=2,
+                      uga_channels=8)
     else:
         raise ValueError(f"unknown generator variant {variant!r}; expected paper512, paper256 or tiny")
     return ml_collections.ConfigDict(fields)
