@@ -39,8 +39,8 @@ def _timed_compile(jitted, *args) -> float:
     return time.perf_counter() - t0
 
 
-def bench(spec: str) -> dict:
-    config = config_lib.load_config(spec)
+def bench(spec: str, overrides: dict | None = None) -> dict:
+    config = config_lib.load_config(spec, overrides)
     mesh = shd.make_mesh(1, devices=jax.devices()[:1])
     pc = trainer.program_config(config)
     models = trainer.build_models(pc)

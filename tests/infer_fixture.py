@@ -13,17 +13,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-RESOLUTION = 32
+from psm_jax.models.generator import model_config
+
+# The test model's training resolution (16 px). Inference pads every image to a multiple of 32, so the
+# network itself runs at 32 x 32 and up.
+RESOLUTION = model_config("tiny").resolution
 ITERS = 2
 
 
 def tiny_config():
     from psm_jax.config_lib import base_config
-    from psm_jax.models.generator import model_config
 
     c = base_config()
     c.model = model_config("tiny")
-    c.model.update(output_gain=0.1, use_latent=True, use_noise=True)
+    # The demo's gains on both heads (MAT's decoder starts with an output std of ~4).
+    c.model.update(output_gain=0.1, var_gain=0.1, use_latent=True, use_noise=True)
     c.spread.update(train_iters=2, test_iters=ITERS)
     return c
 

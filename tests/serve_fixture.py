@@ -20,7 +20,7 @@ from psm_jax.serve.__main__ import bind, url_of
 
 
 def digits_backend(workdir: Path):
-    """The tiny workdir's backend, given the demo's held-out data (32 px digits): the fixture's config records
+    """The tiny workdir's backend, given the demo's held-out digits at the model's resolution: the fixture's config records
     no data section, and a run without one offers no examples."""
     backend = model.from_workdir(workdir)
     backend.config.data = default_data_config()

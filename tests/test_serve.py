@@ -30,7 +30,7 @@ import serve_fixture as sf  # noqa: E402
 
 from psm_jax import export, serving  # noqa: E402
 from psm_jax.data.digits import DigitsSource  # noqa: E402
-from psm_jax.inpaint import Inpainter  # noqa: E402
+from psm_jax.inpaint import Inpainter, padded_size  # noqa: E402
 from psm_jax.serve import Limits, create_app, from_artifact  # noqa: E402
 from psm_jax.serve.model import Result  # noqa: E402
 
@@ -152,7 +152,8 @@ def test_json_trajectory_samples_and_compile_cache(client, workdir, digit):
     # Several seeds and samples, PNG and JSON, one compiled spread for the one padded shape.
     _post(client, sf.png(digit), sf.hole_png(hole), seed=SEED + 1)
     compiled = client.get("/api/info").json()["compiled"]
-    assert compiled == [[fx.ITERS, True, 1, R, R]], compiled
+    P = padded_size(R)   # 32: the network's input is a multiple of 32
+    assert compiled == [[fx.ITERS, True, 1, P, P]], compiled
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -181,7 +182,7 @@ def _bad_cases(digit):
         "gif_image": (post(image=gif.getvalue()), 400, "image: expected PNG or JPEG, got GIF"),
         "jpeg_mask": (post(mask=jpeg.getvalue()), 400, "mask: expected PNG"),
         "empty_image": (post(image=b""), 400, "image: empty file"),
-        "mask_other_size": (post(mask=sf.hole_png(sf.box_hole(R, R + 8))), 400, "mask: is 40x32"),
+        "mask_other_size": (post(mask=sf.hole_png(sf.box_hole(R, R + 8))), 400, f"mask: is {R + 8}x{R}"),
         "mask_no_hole": (post(mask=sf.hole_png(np.zeros((R, R), bool))), 400, "mask: has no hole"),
         "mask_all_hole": (post(mask=sf.hole_png(np.ones((R, R), bool))), 400, "mask: is all hole"),
         "iters_zero": (post(iters=0), 400, "iters: must be in [1, 8], got 0"),
