@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import threadpoolctl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,10 +24,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #   cache read (a partly written entry fails its checksum and is recompiled, never misread);
 # * --xla_backend_optimization_level=0: LLVM without its optimisation passes halves the compile
 #   time of the tiny programs, whose run time (convolutions are library calls) does not change.
+# * one BLAS thread per process: `make test` runs one xdist worker per core, and OpenBLAS's threads
+#   spin-wait for a core that another worker holds (a 2048x2048 eigh of the FID: 1.8 s on one thread,
+#   24 s on two under the suite's load; docs/TESTING.md).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".cache" / "jax-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 TEST_XLA_FLAGS = os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# A plugin may have loaded numpy (and with it OpenBLAS) before this file set the variable above.
+threadpoolctl.threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]), user_api="blas")
 
 
 def xla_flags(devices: int) -> str:

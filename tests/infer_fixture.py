@@ -21,26 +21,28 @@ RESOLUTION = model_config("tiny").resolution
 ITERS = 2
 
 
-def tiny_config():
+def tiny_config(resolution: int = RESOLUTION):
     from psm_jax.config_lib import base_config
 
     c = base_config()
     c.model = model_config("tiny")
+    c.model.resolution = resolution
     # The demo's gains on both heads (MAT's decoder starts with an output std of ~4).
     c.model.update(output_gain=0.1, var_gain=0.1, use_latent=True, use_noise=True)
     c.spread.update(train_iters=2, test_iters=ITERS)
     return c
 
 
-def make_workdir(path: Path, step: int = 3) -> Path:
+def make_workdir(path: Path, step: int = 3, resolution: int = RESOLUTION) -> Path:
+    """The workdir of the test model; ``resolution`` another training resolution (LPIPS needs >= 32 px)."""
     from psm_jax import checkpoint as ckpt
     from psm_jax.models.generator import Generator
 
-    config = tiny_config()
+    config = tiny_config(resolution)
     gen = Generator(**config.model)
     k = jax.random.key(1)
-    x = jnp.zeros((1, RESOLUTION, RESOLUTION, 3))
-    m = jnp.ones((1, RESOLUTION, RESOLUTION, 1))
+    x = jnp.zeros((1, resolution, resolution, 3))
+    m = jnp.ones((1, resolution, resolution, 1))
     variables = jax.jit(lambda: gen.init({"params": k, "latent": k, "noise": k}, x, m, m, 1 - m, 0.0))()
     variables = jax.tree.map(np.asarray, variables)
     state = {"g_ema_params": variables["params"],

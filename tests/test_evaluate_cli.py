@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +9,7 @@ from PIL import Image
 
 from psm_jax import evaluate
 from psm_jax.evaluators import convert_lpips, inception, lpips
-from tests.conftest import REPO_ROOT
+from tests import infer_fixture as fx
 from tests.test_lpips import random_weights as random_lpips_weights
 
 pytestmark = pytest.mark.slow
@@ -22,15 +18,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    workdir = root / "run"
-    # PSM_EVAL_TEST_WORKDIR: reuse a finished `configs/demo.py:tiny` run (saves minutes when iterating).
-    reuse = os.environ.get("PSM_EVAL_TEST_WORKDIR")
-    if reuse and (Path(reuse) / "checkpoints").is_dir():
-        workdir = Path(reuse)
-    else:
-        subprocess.run([sys.executable, "-m", "psm_jax.main", "--config", f"{REPO_ROOT}/configs/demo.py:tiny",
-                        "--workdir", str(workdir), "--config.progress_bar=False"], check=True, cwd=REPO_ROOT,
-                       capture_output=True, timeout=1200)
+    # The test model's checkpoint (random weights, the real layout; trained checkpoints are read by the same
+    # checkpoint.load_run in tests/test_demo.py), at 32 px: LPIPS's AlexNet needs at least 32 px.
+    workdir = fx.make_workdir(root / "run", resolution=32)
     images, masks = root / "images", root / "masks"
     images.mkdir()
     masks.mkdir()
@@ -100,7 +90,7 @@ def test_mispaired_masks_refused(setup, tmp_path, capsys):
 
 def test_protocol_with_few_images_warns_and_bad_flags_fail(setup, tmp_path, capsys):
     out = tmp_path / "r.json"
-    with pytest.raises(SystemExit) as e:   # the tiny model is 32 px; the protocol is 512 px
+    with pytest.raises(SystemExit) as e:   # this model is 32 px; the protocol is 512 px
         evaluate.main(_args(setup, out, masks="large", extra=["--protocol", "places512_large"]))
     err = capsys.readouterr().err
     assert e.value.code == 2 and "fewer than the 36500" in err and "512 px" in err and not out.exists()
