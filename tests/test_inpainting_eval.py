@@ -15,8 +15,11 @@ def fake_spread(variables, image, mask, key):
     noise = jax.random.normal(key, (2, *image.shape)) * sigma
     mean = image[None] + noise
     log_var = jnp.full_like(mean, 2 * jnp.log(sigma))
+    # m_t as the real spread returns it: iteration 1 commits the top half of the hole, iteration 2 the rest.
+    rows = jnp.arange(image.shape[1])[None, :, None, None]
+    m1 = jnp.where(rows < image.shape[1] // 2, 1.0, mask)
     return {"image": jnp.where(mask > 0.5, 5.0, mean[-1]),       # the evaluator must composite
-            "trajectory": {"mean": mean, "log_var": log_var}}
+            "trajectory": {"mean": mean, "log_var": log_var, "mask": jnp.stack([m1, jnp.ones_like(mask)])}}
 
 
 def _batches(n=6, bs=4):
