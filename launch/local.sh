@@ -11,6 +11,15 @@ processes that form one JAX cluster through jax.distributed on 127.0.0.1 (a free
 with D CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=D): the same code path as a
 multi-host pod, on one CPU machine. The exit status is the first failing process's.
 
+The persistent compilation cache (JAX_COMPILATION_CACHE_DIR) is safe here and on pods: every
+process compiles its steps (or loads them from the cache), then all wait at a barrier before the
+first step (psm_jax/distributed.py). Without it, a process that found its program in the cache
+reached the first collective minutes before one that compiled, and gloo gives a late peer 30 s.
+On CPU only process 0 profits: jax writes entries from process 0 alone, and a CPU cache key holds
+the process's own topology, so the other processes always compile. jax's
+JAX_SHARE_BINARY_BETWEEN_HOSTS does not help on CPU (it waits on that per-process key, in vain).
+See docs/TESTING.md.
+
 Example:
   launch/local.sh --processes 2 --devices 2 configs/demo.py:tiny /tmp/psm_2x2
 USAGE

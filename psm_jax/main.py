@@ -27,15 +27,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     # Deferred: jax and the trainer take seconds to import; a bad flag is reported before that.
-    import jax
+    from psm_jax import distributed
     if FLAGS.coordinator or FLAGS.distributed:
-        kwargs = {}
-        if FLAGS.coordinator and FLAGS.coordinator.split(":")[0] in ("127.0.0.1", "localhost"):
-            # A local cluster: keep the coordinator on loopback (it binds every interface otherwise).
-            kwargs["coordinator_bind_address"] = FLAGS.coordinator
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-                                   **kwargs)
+        # Safe with the persistent compilation cache: the trainer compiles its steps on every
+        # process before the first collective (psm_jax/distributed.py).
+        distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     from psm_jax import train   # deferred with jax, above
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -33,6 +33,7 @@ import numpy as np
 
 from psm_jax import checkpoint as ckpt
 from psm_jax import config_lib
+from psm_jax import distributed
 from psm_jax import perceptual
 from psm_jax import sharding as shd
 from psm_jax import train_eval
@@ -261,6 +262,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
         # ------------------------------------------------------------------ compiled steps
         train_step, r1_step = program.train_step, program.r1_step
+        # Every process compiles (or loads from the cache) both steps, then all start the first
+        # step together: a process that found its steps in the compilation cache would otherwise
+        # wait at the first collective for one that compiles (psm_jax/distributed.py).
+        r = config.model.resolution
+        batch_abs = {k: jax.ShapeDtypeStruct((config.batch_size, r, r, c), jnp.float32, sharding=batch_sharding)
+                     for k, c in (("image", 3), ("mask", 1))}
+        steps = [(train_step, (state, batch_abs))]
+        if config.loss.r1_gamma:
+            steps.append((r1_step, (state, batch_abs)))
+        distributed.compile_then_meet("steps compiled", steps if jax.process_count() > 1 else [])
 
         # ------------------------------------------------------------------ evaluation
         evaluator = None

@@ -26,14 +26,11 @@ TINY = f"{REPO / 'configs' / 'demo.py'}:tiny"
 STEPS = ("--config.progress_bar=False",)
 
 
-def _env(devices: int, processes: int) -> dict[str, str]:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
-    if processes > 1:
-        # Measured: a 2-process CPU run that loads its train step from the persistent compilation
-        # cache deadlocks in its first cross-process transfer (the shutdown barrier then aborts
-        # both processes), so the multi-process runs compile afresh.
-        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
-    return env
+def _env(devices: int) -> dict[str, str]:
+    # The persistent compilation cache stays on: process 0 loads its steps from it while process 1
+    # compiles (on CPU only process 0's entries are ever written), and the trainer lines the two up
+    # before the first step (psm_jax/distributed.py; test_a_late_process_is_waited_for below).
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
 
 
 def _free_port() -> int:
@@ -51,7 +48,7 @@ def _train(workdir: Path, steps: int, *, processes: int, devices: int, ckpt_ever
         port = _free_port()
         cmds = [[sys.executable, "-m", "psm_jax.main", *flags, f"--coordinator=127.0.0.1:{port}",
                  f"--num_processes={processes}", f"--process_id={i}"] for i in range(processes)]
-    procs = [subprocess.Popen(c, env=_env(devices, processes), cwd=REPO, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(c, env=_env(devices), cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for c in cmds]
     outs = [p.communicate(timeout=1800) for p in procs]
     for p, (out, err) in zip(procs, outs):
@@ -70,6 +67,45 @@ def _assert_close(ref: dict, got: dict) -> None:
         assert a.keys() == b.keys()
         for name in a:
             np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=f"{key}{name}")
+
+
+# One process of a 2-process cluster: it compiles a cross-process sum, process 1 DELAY seconds late (a
+# compile that process 0 found in its cache), meets the other at psm_jax.distributed.compile_then_meet,
+# and runs it. Without the meeting, gloo gives up on a peer that is more than 30 s late.
+MEET = """
+import sys, time
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from psm_jax import distributed
+pid, port, delay = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])   # python -c: argv[0] is '-c'
+distributed.initialize(f"127.0.0.1:{port}", 2, pid)
+mesh = Mesh(np.array(jax.devices()), ("d",))
+x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("d")), np.full(2, pid + 1.0, np.float32))
+f = jax.jit(lambda a: a.sum(), out_shardings=NamedSharding(mesh, P()))
+time.sleep(delay * pid)
+arrived = time.time()
+distributed.compile_then_meet("meet test", [(f, (x,))])
+left = time.time()
+print(arrived, left, float(f(x).addressable_data(0)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_late_process_is_waited_for():
+    delay = 8.0
+    port = str(_free_port())
+    # `-c` from the repository root imports this checkout's psm_jax.
+    procs = [subprocess.Popen([sys.executable, "-c", MEET, str(i), port, str(delay)], env=_env(2), cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    (arrived0, left0, sum0), (arrived1, left1, sum1) = (map(float, out.split()[-3:]) for out, _ in outs)
+    assert sum0 == sum1 == 2 * 1.0 + 2 * 2.0          # the collective ran over both processes
+    assert arrived1 - arrived0 > 0.8 * delay           # process 1 came late ...
+    assert left0 - arrived0 > 0.8 * delay              # ... process 0 waited for it ...
+    assert abs(left0 - left1) < 2.0                    # ... and both went on together
 
 
 def test_process_rows_are_disjoint_and_cover_the_global_batch():
