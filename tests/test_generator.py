@@ -6,13 +6,19 @@ switches are checked through ``jax.eval_shape`` (no compile, no allocation).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from scipy.stats import spearmanr
 
+from psm_jax import losses
+from psm_jax.config_lib import load_config
+from psm_jax.data import digits
 from psm_jax.models import summary
 from psm_jax.models.generator import Generator, make_apply_fn, model_config, soft_clamp
 from psm_jax.spread import pixel_spread
@@ -248,27 +254,162 @@ def test_use_latent_off_makes_the_generator_deterministic(tiny):
 
 
 @pytest.mark.slow
-def test_output_gain_scales_both_heads_before_the_clamp(tiny):
+def test_output_and_var_gains_scale_their_heads_before_the_clamp(tiny):
     gen, variables, _ = tiny
     x, m0, u = _inputs(gen.resolution)
     z = jnp.zeros((B, gen.z_dim))
 
-    def run(g, **fields):
-        g = gen.clone(output_gain=g, **fields)
+    def run(**fields):
+        g = gen.clone(**fields)
         return jax.jit(lambda: g.apply(variables, x, m0, m0, u, 0.0, z=z, noise_mode="const"),
                        compiler_options=FAST_COMPILE)()
 
-    mean1, log_var1 = run(1.0)
-    mean2, log_var2 = run(0.1)
+    mean1, log_var1 = run()
+    mean2, log_var2 = run(output_gain=0.1)
     np.testing.assert_allclose(mean2, 0.1 * mean1, rtol=1e-5, atol=1e-6)
-    # The gain acts before the soft clamp: with a clamp range far outside the values the clamp is
-    # the identity (to ~1e-4), so the raw log variance scales exactly like the mean.
+    np.testing.assert_array_equal(log_var2, log_var1)          # output_gain is the mean's alone
+    # var_gain acts on the log variance before the soft clamp: with a clamp range far outside the
+    # values the clamp is the identity (to ~1e-4), so the raw log variance scales exactly.
     wide = dict(log_var_min=-50.0, log_var_max=50.0)
-    raw1, raw2 = run(1.0, **wide)[1], run(0.1, **wide)[1]
+    (mean3, raw1), (_, raw2) = run(**wide), run(var_gain=0.1, **wide)
+    np.testing.assert_array_equal(mean3, mean1)
     np.testing.assert_allclose(raw2, 0.1 * raw1, atol=1e-3)
-    np.testing.assert_allclose(log_var2, soft_clamp(raw2, gen.log_var_min, gen.log_var_max), atol=1e-3)
-    # The reason for the field: the initial log variance is far less spread out.
-    assert float(jnp.std(log_var2)) < 0.5 * float(jnp.std(log_var1))
+    log_var3 = run(var_gain=0.1)[1]
+    np.testing.assert_allclose(log_var3, soft_clamp(raw2, gen.log_var_min, gen.log_var_max), atol=1e-3)
+    assert float(jnp.std(log_var3)) < 0.5 * float(jnp.std(log_var1))
+
+
+def _nll_grads(gen, variables, x, m0, u):
+    """Gradients of a hole NLL and of a loss on the mean alone w.r.t. the generator parameters."""
+    z = jnp.zeros((x.shape[0], gen.z_dim))
+
+    def heads(params):
+        return gen.apply({**variables, "params": params}, x, m0, m0, u, 0.0, z=z, noise_mode="const")
+
+    def nll(params):
+        mean, log_var = heads(params)
+        return losses.reduce_nll(losses.discretized_gaussian_nll(x, mean, log_var), m0, region="hole",
+                                 reduction="mean")
+
+    def mean_loss(params):
+        return jnp.mean(jnp.abs(heads(params)[0] - x))
+
+    grad = jax.jit(lambda p: (jax.grad(nll)(p), jax.grad(mean_loss)(p)), compiler_options=FAST_COMPILE)
+    return grad(variables["params"])
+
+
+@pytest.mark.parametrize("head", ["torgb", "conv"])
+def test_var_stop_grad_keeps_the_nll_out_of_the_shared_layers(head):
+    """var_stop_grad: the NLL trains only the variance's own weights (the ToRGB log-variance rows
+    and the conv head); every shared weight gets exactly zero NLL gradient, while without it the
+    NLL reaches the trunk. The mean's gradients do not depend on the field."""
+    cfg = model_config("tiny")
+    cfg.update(resolution=16, num_down=2, attention_downsample=(4,), var_head=head)
+    x, m0, u = _inputs(16)
+    gen = Generator(**cfg)
+    variables = gen.init(_rngs(), x, m0, m0, u, 0.0)
+    sg = gen.clone(var_stop_grad=True)
+    (nll_sg, mean_sg), (nll_free, mean_free) = (_nll_grads(g, variables, x, m0, u) for g in (sg, gen))
+    flat_sg = flax.traverse_util.flatten_dict(nll_sg, sep="/")
+    flat_free = flax.traverse_util.flatten_dict(nll_free, sep="/")
+    own = lambda path: path.startswith("var_head/") or "/toRGB/" in path  # noqa: E731
+    shared = [k for k in flat_sg if not own(k)]
+    assert shared and all(float(jnp.max(jnp.abs(flat_sg[k]))) == 0.0 for k in shared)
+    assert any(float(jnp.max(jnp.abs(flat_free[k]))) > 0 for k in shared)
+    assert any(float(jnp.max(jnp.abs(flat_sg[k]))) > 0 for k in flat_sg if own(k))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), mean_sg, mean_free)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_down,attention", [(2, (4,)), (3, (4, 8)), (5, (16, 32))])
+def test_num_down_levels_run_the_spread(num_down, attention):
+    """2-, 3- and 5-level U-Nets: shapes, style rows, and the whole spread on each."""
+    cfg = model_config("tiny")
+    cfg.update(num_down=num_down, attention_downsample=attention)
+    gen = Generator(**cfg)
+    r = cfg.resolution
+    x, m0, u = _inputs(r)
+    variables = gen.init(_rngs(), x, m0, m0, u, 0.0)
+    enc = sorted(k for k in variables["params"] if k.startswith("enc_res"))
+    assert enc == [f"enc_res{d}" for d in range(1, num_down + 1)]
+    assert gen.num_ws == 2 * num_down + 2 and gen.multiple == 2**num_down
+    out = jax.jit(lambda v, k: pixel_spread(make_apply_fn(gen, v), x, m0, k, num_iters=2, return_trajectory=True),
+                  compiler_options=FAST_COMPILE)(variables, jax.random.key(0))
+    assert out["image"].shape == x.shape and bool(jnp.all(out["mask"] == 1))
+    np.testing.assert_array_equal(np.where(m0 > 0.5, out["image"], 0), np.where(m0 > 0.5, x, 0))
+    with pytest.raises(ValueError, match="divisible by"):
+        gen.init(_rngs(), *(jnp.zeros((1, r + 2**(num_down - 1), r, c)) for c in (3, 1, 1, 1)), 0.0)
+
+
+VARIANCE_PATH_FIELDS = ("output_gain", "var_gain", "var_head", "var_head_channels", "var_stop_grad", "log_var_min",
+                        "log_var_max", "use_latent", "use_noise", "time_input")
+
+
+def _learn_sigma(model_fields: dict, steps: int = 60, lr: float = 5e-3, res: int = 16):
+    """Trains the generator with the hole NLL alone on a fixed batch of 4 digits; returns the
+    Spearman(sigma, |error|) and mean(err^2 / sigma^2) on the hole, before and after."""
+    # The demo config's variance path (heads, gains, stop-gradient, clamp, latent and noise
+    # switches) on the tiny U-Net at 16 px: the path under test, at a fraction of the compile time.
+    demo = load_config("configs/demo.py").model
+    cfg = model_config("tiny")
+    cfg.update({k: demo[k] for k in VARIANCE_PATH_FIELDS})
+    cfg.update(resolution=res, num_down=2, attention_downsample=(4,), **model_fields)
+    gen = Generator(**cfg)
+    b = 4
+    source = digits.DigitsSource(0, b, res)
+    images = np.stack([source[i]["raw"] for i in range(b)])
+    x = jnp.asarray(images / 127.5 - 1.0, jnp.float32)
+    m0 = np.ones((b, res, res, 1), np.float32)
+    m0[:, res // 4: 3 * res // 4, res // 8: 7 * res // 8] = 0.0
+    m0 = jnp.asarray(m0)
+    variables = jax.jit(lambda: gen.init(_rngs(), x * m0, m0, m0, 1.0 - m0, 0.0),
+                        compiler_options=FAST_COMPILE)()
+
+    def heads(params):
+        return gen.apply({**variables, "params": params}, x * m0, m0, m0, 1.0 - m0, 0.0,
+                         rngs={"latent": jax.random.key(1), "noise": jax.random.key(2)})
+
+    def loss(params):
+        mean, log_var = heads(params)
+        return losses.reduce_nll(losses.discretized_gaussian_nll(x, mean, log_var), m0, region="hole",
+                                 reduction="mean")
+
+    tx = optax.adam(lr, b1=0.9, b2=0.99)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def step(p, o):
+        u, o = tx.update(jax.grad(loss)(p), o, p)
+        return optax.apply_updates(p, u), o
+
+    def train(params):
+        opt = tx.init(params)
+        for _ in range(steps):
+            params, opt = step(params, opt)
+        return params
+
+    def rank(params):
+        mean, log_var = jax.jit(heads, compiler_options=FAST_COMPILE)(params)
+        hole = np.broadcast_to(np.asarray(m0) < 0.5, mean.shape)
+        err = np.abs(np.asarray(x - mean))[hole]
+        lv = np.asarray(log_var)[hole]
+        # At the NLL's optimum sigma^2 = E[err^2]: mean(err^2 / sigma^2) is 1 for a calibrated level.
+        return spearmanr(lv, err).statistic, float(np.mean(err**2 / np.exp(lv)))
+
+    return (*rank(variables["params"]), *rank(train(variables["params"])))
+
+
+def test_sigma_learns_to_rank_the_error_with_the_nll_alone():
+    """The demo config's variance path can learn sigma: on a fixed batch, the NLL alone makes
+    sigma rank |mu - x| (Spearman >= 0.5) and moves the log variance toward log(err^2). A
+    stop-gradient, a vanishing gain or a clamp on that path fails it (the control below)."""
+    _, _, rho, ratio = _learn_sigma({})
+    assert rho >= 0.5, rho
+    # The level too: at the optimum sigma^2 = E[err^2], so err^2 / sigma^2 averages about 1.
+    assert abs(np.log(ratio)) < np.log(2.0), ratio
+    # Controls: the same training with the log variance held still (a vanishing gain; a clamp
+    # range too narrow to reach the errors) must fail the level check.
+    for blocked in ({"var_gain": 1e-6}, {"log_var_min": 3.9, "log_var_max": 4.0}):
+        assert not abs(np.log(_learn_sigma(blocked)[3])) < np.log(2.0), blocked
 
 
 def test_time_input_off_ignores_t(tiny):
