@@ -106,7 +106,7 @@ def get_config(arg=None):
                     grad_through_iters=False, resample_committed=False, remat=False,
                     unroll_train=True,   # XLA CPU: the unrolled train spread is ~5x faster
                     uncertainty_map="exp", picker="top_k")
-    c.loss.update(adv_weight=1.0, pcp_weight=0.0, l1_weight=10.0, nll_weight=1.0, nll_region="hole",
+    c.loss.update(adv_weight=1.0, pcp_weight=0.0, l1_weight=10.0, nll_weight=1.0, nll_region="hole", nll_edge_bins="open",
                   nll_reduction="mean", r1_gamma=1.0, r1_interval=16,
                   # No latent code, so style mixing would mix two identical w's: off.
                   style_mixing_prob=0.0, composite_fakes=True,
