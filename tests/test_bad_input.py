@@ -308,7 +308,6 @@ def test_serve_port_in_use_is_one_line_and_exit_2(places, tmp_path, monkeypatch)
                                                          f"--port {port}: cannot listen", None))
         test_bad_input_is_one_line_and_exit_2("serve_port_in_use", places, tmp_path)
 # ==== end of the psm_jax.serve block ============================================================================
-=======
 # ==== issue 25 (pod planning): `python -m psm_jax.models.summary --mesh` =====================
 # Kept in its own block (other changes to this file go above it). The cases join CASES, so the
 # count above includes them, and run through the same check.
