@@ -92,8 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
         picker="top_k",
         remat=False,                    # jax.checkpoint on the scan body (memory vs compute)
         # The paper configs scan the training spread (one loop body: compile time flat in T).
-        # CPU configs unroll it: XLA:CPU runs the backward of a conv scan body ~5x slower than
-        # unrolled (see spread.pixel_spread). Inference always scans.
+        # CPU configs unroll it: XLA:CPU runs the backward of a conv scan body much slower than
+        # unrolled (docs/BENCHMARKS.md, "Speed work"). Inference always scans.
         unroll_train=False,
         # Sec. 3.2: "missing pixels are initialized with the same specified values"; the value (in
         # [-1, 1] image units) is not given: 0.0 (mid-grey) is what the spread writes today.
