@@ -42,12 +42,21 @@ Variants (small dicts below, never copies of this file):
   synthetic  the earlier 64x64 procedural demo (data.synthetic_kind "layered" or "tiles")
   tiny       seconds; tests
 
+Argument ``ablation=A..G`` (after the variant): Table 1's model on this config (TABLE1 below),
+e.g. ``configs/demo.py:demo,ablation=B``. Sweeps (``get_sweep``): ``repro`` (Table 1 and Table 2
+at this scale, docs/REPRODUCTION.md; ``repro,seeds=3`` adds a third training seed) and
+``repro_tiny`` (its machinery in minutes, for tests).
+
   python -m psm_jax.demo --workdir runs/demo                                  # what `make demo` runs
   python -m psm_jax.main --config configs/demo.py --workdir runs/demo_train    # training only
   python -m psm_jax.demo --config configs/demo.py:synthetic --workdir runs/demo_synth \\
       --set data.synthetic_kind=tiles                                         # the old demo, on tiles
   python -m psm_jax.main --config configs/demo.py:tiny --workdir /tmp/tiny     # seconds (tests)
+  python -m launch.sweep configs/demo.py:repro && python -m launch.collect runs/repro   # the study
 """
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 
 from psm_jax.config_lib import base_config, parse_arg, set_dotted
@@ -83,8 +92,41 @@ VARIANTS = {
 }
 
 
+# Table 1's models (Sec. 4.3) relative to this config, with configs/psm.py's ABLATIONS: A trains
+# with 3 iterations, B-G change one thing each from A, and every model tests with its own T.
+# G keeps the finer of the two attention scales: configs/psm.py's "relative" reading, which the
+# demo's (H/16, H/32) follows, gives G = H/16 (its "absolute" reading would keep the coarser).
+TABLE1_TRAIN_ITERS = 3
+# Table 2 at this scale: every trained model is tested at these T.
+REPRO_TEST_ITERS = (1, 2, 3, 4, 6, 8)
+
+
+def _paper_tables():
+    """configs/psm.py (ABLATIONS, PAPER_FID), loaded by path as every config file is."""
+    spec = importlib.util.spec_from_file_location("_psm_paper_tables", Path(__file__).with_name("psm.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table1(c: ml_collections.ConfigDict, model: str) -> None:
+    psm = _paper_tables()
+    if model not in psm.ABLATIONS:
+        raise ValueError(f"configs/demo.py: ablation={model!r}; expected one of {', '.join(psm.ABLATIONS)}")
+    c.spread.train_iters = TABLE1_TRAIN_ITERS
+    for dotted, value in psm.ABLATIONS[model].items():
+        set_dotted(c, dotted, value)
+    if model == "G":
+        scales = tuple(c.model.attention_downsample)
+        if len(scales) != 2:
+            raise ValueError(f"configs/demo.py: ablation=G keeps one of two attention scales, but "
+                             f"model.attention_downsample is {scales}")
+        c.model.attention_downsample = (min(scales),)
+    c.spread.test_iters = c.spread.train_iters     # Sec. 4.3: the same T in training and test
+
+
 def get_config(arg=None):
-    a = parse_arg(arg, variant="demo")
+    a = parse_arg(arg, variant="demo", ablation="")
     if a.variant not in VARIANTS:
         raise ValueError(f"configs/demo.py: unknown variant {a.variant!r}; expected one of {', '.join(VARIANTS)}")
     c = base_config()
@@ -107,7 +149,7 @@ def get_config(arg=None):
                     grad_through_iters=False, resample_committed=False, remat=False,
                     unroll_train=True,   # XLA CPU: the unrolled train spread is ~5x faster
                     uncertainty_map="exp", picker="top_k")
-    c.loss.update(adv_weight=1.0, pcp_weight=0.0, l1_weight=10.0, nll_weight=1.0, nll_region="hole",
+    c.loss.update(adv_weight=1.0, pcp_weight=0.0, l1_weight=10.0, nll_weight=1.0, nll_region="hole", nll_edge_bins="open",
                   nll_reduction="mean", r1_gamma=1.0, r1_interval=16,
                   # No latent code, so style mixing would mix two identical w's: off.
                   style_mixing_prob=0.0, composite_fakes=True,
@@ -136,4 +178,50 @@ def get_config(arg=None):
             set_dotted(c, dotted, value)
     if a.variant == "tiny":
         c.data.resolution = c.model.resolution
+    if a.ablation:
+        _table1(c, a.ablation)
     return c
+
+
+# ------------------------------------------------------------------------------------ sweeps
+def get_sweep(name):
+    """The reproducibility study (docs/REPRODUCTION.md), for ``python -m launch.sweep configs/demo.py:NAME``.
+
+    ``repro``: Table 1's models A-G (G only where the U-Net has two attention scales) on the demo
+    config, each trained with ``seed = data.seed = s`` for s < ``seeds`` (default 2) at the demo's
+    budget (its total_steps), then evaluated by ``psm_jax.evaluate`` on the whole held-out split
+    with the demo report's seeded masks, at every T of REPRO_TEST_ITERS (Table 2). ``repro_tiny``:
+    models B and C, 1 seed, 2 steps, tested at T = 1, 2 (the study's machinery, for tests).
+    Each run carries ``study`` = {model, seed} for ``launch.collect``; runs/repro/M_sS is model M's
+    training with seed S and M_sS_eval its evaluation.
+    """
+    a = parse_arg(name, variant="", seeds=None)
+    if a.variant == "repro":
+        variant, models, iters, seeds = "demo", "ABCDEF", REPRO_TEST_ITERS, a.seeds or "2"
+        if len(get_config("demo").model.attention_downsample) == 2:
+            models += "G"
+        extra = {}
+    elif a.variant == "repro_tiny":
+        variant, models, iters, seeds = "tiny", "BC", (1, 2), a.seeds or "1"
+        extra = {"total_steps": 2, "ckpt_every": 2, "progress_bar": False}
+    else:
+        raise ValueError(f"configs/demo.py: unknown sweep {name!r}; expected repro[,seeds=N] or repro_tiny")
+    if not seeds.isdigit() or int(seeds) < 1:
+        raise ValueError(f"configs/demo.py: sweep {name!r}: seeds={seeds}; expected an integer >= 1")
+    seeds = int(seeds)
+    paper = _paper_tables().PAPER_FID
+    demo = get_config(variant)
+    runs = []
+    for s in range(seeds):
+        for m in models:
+            study = {"model": m, "seed": s}
+            fid = {"fid": paper["table1"][m]}
+            runs.append(dict(name=f"{m}_s{s}", arg=f"{variant},ablation={m}", paper=fid, study=study,
+                             overrides={"seed": s, "data.seed": s, "keep_ckpts": 2, **extra}))
+            runs.append(dict(name=f"{m}_s{s}_eval", paper={**fid, "fid_by_iters": paper["table2"].get(m, {})},
+                             study=study, evaluate={
+                                 "train_run": f"{m}_s{s}", "iters": list(iters), "images": "from_config",
+                                 "masks": demo.data.eval_mask_kind, "inception": False,
+                                 "seed": demo.demo.eval_seed, "batch_size": 16, "calib_samples": 0,
+                                 "save_images": 8}))
+    return runs

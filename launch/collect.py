@@ -1,8 +1,13 @@
 """Gather a sweep's results into one Markdown table, the paper's number beside ours.
 
     python -m launch.collect runs/table1          # writes runs/table1/results.md and prints it
+    python -m launch.collect runs/repro           # the study: writes docs/REPRODUCTION.md
 
-Reads ``sweep.json`` (written by ``python -m launch.sweep``) for the runs and the paper's numbers,
+A study sweep (its runs carry ``study``: configs/demo.py ``repro``) gets the reproduction report
+of ``launch/repro_report.py`` instead: by default ``docs/REPRODUCTION.md`` for ``repro`` and
+``SWEEP_WORKDIR/REPRODUCTION.md`` for any other (``repro_tiny`` must not overwrite the real one).
+
+Otherwise it reads ``sweep.json`` (written by ``python -m launch.sweep``) for the runs and the paper's numbers,
 then each run's newest result: ``results.json`` from ``python -m psm_jax.evaluate`` if present,
 else the last in-training evaluation (the ``eval/*`` metrics of ``metrics.jsonl``). A run without
 either is listed as not evaluated, so a missing run is visible rather than silently dropped.
@@ -14,9 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from launch import repro_report
 from psm_jax.cli import ArgumentParser, check_output, fail
 
 PROG = "python -m launch.collect"
+STUDY_OUT = Path(__file__).resolve().parents[1] / "docs" / "REPRODUCTION.md"   # the `repro` study's report
 # (column title, result key): FID first, as in the paper's tables.
 COLUMNS = (("FID", "fid"), ("P-IDS (%)", "p_ids"), ("U-IDS (%)", "u_ids"), ("hole L1", "l1_hole"),
            ("PSNR", "psnr"), ("sigma-err Spearman", "spearman"))
@@ -68,11 +75,18 @@ def run_result(workdir: Path) -> tuple[str, dict[str, float]]:
     return "not evaluated", {}
 
 
-def collect(sweep_dir: Path) -> str:
+def read_sweep(sweep_dir: Path) -> dict[str, Any]:
     index = sweep_dir / "sweep.json"
     if not index.is_file():
         raise ValueError(f"{sweep_dir}: no sweep.json (was it written by python -m launch.sweep?)")
-    sweep = json.loads(index.read_text())
+    try:
+        return json.loads(index.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{index}: not valid JSON ({e})") from None
+
+
+def collect(sweep_dir: Path) -> str:
+    sweep = read_sweep(sweep_dir)
     rows = []
     for run in sweep["runs"]:
         where, values = run_result(Path(run["workdir"]) if Path(run["workdir"]).is_absolute()
@@ -95,20 +109,29 @@ def collect(sweep_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("sweep_workdir", help="WORKDIR_ROOT/SWEEP, as written by python -m launch.sweep")
-    ap.add_argument("--out", default=None, help="Markdown file (default SWEEP_WORKDIR/results.md)")
+    ap.add_argument("--out", default=None,
+                    help="Markdown file (default SWEEP_WORKDIR/results.md; a study: see above)")
     args = ap.parse_args(argv)
     sweep_dir = Path(args.sweep_workdir)
     if not sweep_dir.is_dir():
         fail(f"{PROG}: {sweep_dir}: not a directory")
-    out = Path(args.out) if args.out else sweep_dir / "results.md"
     try:
-        check_output(out, "--out", folder=False)
-        table = collect(sweep_dir)
-    except (ValueError, KeyError) as e:
+        sweep = read_sweep(sweep_dir)
+        study = any("study" in run for run in sweep["runs"])
+        default = (STUDY_OUT if sweep["sweep"] == "repro" else sweep_dir / "REPRODUCTION.md") if study \
+            else sweep_dir / "results.md"
+        out = check_output(Path(args.out) if args.out else default, "--out", folder=False)
+        if study:
+            if out.suffix != ".md":
+                raise ValueError(f"--out {out}: expected a .md file")
+            text = repro_report.write(sweep_dir, sweep, out)
+        else:
+            text = collect(sweep_dir)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+    except (ValueError, KeyError, OSError) as e:
         fail(f"{PROG}: {e}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table)
-    print(table, end="")
+    print(text, end="")
     print(f"(written to {out})")
     return 0
 

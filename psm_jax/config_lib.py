@@ -92,8 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
         picker="top_k",
         remat=False,                    # jax.checkpoint on the scan body (memory vs compute)
         # The paper configs scan the training spread (one loop body: compile time flat in T).
-        # CPU configs unroll it: XLA:CPU runs the backward of a conv scan body ~5x slower than
-        # unrolled (see spread.pixel_spread). Inference always scans.
+        # CPU configs unroll it: XLA:CPU runs the backward of a conv scan body much slower than
+        # unrolled (docs/BENCHMARKS.md, "Speed work"). Inference always scans.
         unroll_train=False,
         # Sec. 3.2: "missing pixels are initialized with the same specified values"; the value (in
         # [-1, 1] image units) is not given: 0.0 (mid-grey) is what the spread writes today.
@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
         pcp_weight=2.0,                 # lambda_2
         nll_weight=1e-4,                # lambda_3
         nll_region="all",               # "all" (Eq. 1) or "hole" (only the initial holes)
+        # Eq. 2-3's bins at y = +-1 are open ("open"); "closed" gives them the width 2/255 of every
+        # other bin (an open edge bin drives sigma to its clamp on saturated targets; losses.py).
+        nll_edge_bins="open",
         # Eq. 1 sums over the D = H*W*C data dimensions, which is what lambda_3 = 1e-4 weighs:
         # "sum" (per-image sum, batch mean). "mean" (per-element mean) is ~1e5-1e6x weaker.
         nll_reduction="sum",
@@ -207,6 +210,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         node = c[section] if section else c
         need(isinstance(node[name], int) and node[name] >= 1, field, "an integer >= 1")
     need(c.loss.nll_region in losses.NLL_REGIONS, "loss.nll_region", f"one of {list(losses.NLL_REGIONS)}")
+    need(c.loss.get("nll_edge_bins", "open") in losses.EDGE_BINS, "loss.nll_edge_bins",
+         f"one of {list(losses.EDGE_BINS)}")
     need(c.loss.nll_reduction in losses.NLL_REDUCTIONS, "loss.nll_reduction",
          f"one of {list(losses.NLL_REDUCTIONS)}")
     need(0.0 <= c.loss.style_mixing_prob <= 1.0, "loss.style_mixing_prob", "a probability in [0, 1]")

@@ -3,8 +3,13 @@ SSIM, L1 of composited outputs, plus the calibration of sigma (issue 16).
 
     python -m psm_jax.evaluate --workdir runs/psm --images PLACES_VAL --masks large --iters 1,2,4 \\
         --inception inception.npz [--lpips lpips.npz] [--protocol places512_large] --out results.json
+    python -m psm_jax.evaluate --workdir runs/demo --images from_config --masks large --iters 1,2,4 \\
+        --calib_samples 0 --out results.json          # the run's own held-out split, no FID / IDS
 
-* ``--images``: a folder of images (``image_files.IMAGE_EXTENSIONS``, recursive), sorted by path.
+* ``--images``: a folder of images (``image_files.IMAGE_EXTENSIONS``, recursive), sorted by path,
+  or ``from_config``: the eval split of the run's own data source (``config.data``, e.g. the 297
+  held-out digits of ``configs/demo.py``), read as the in-training evaluator reads it
+  (``pipeline.make_eval_dataset``), with ``--masks large`` / ``small`` seeded from ``--seed``.
 * ``--masks``: a folder of mask images (255 = known; ``--mask_is_hole`` for 255 = hole) paired with
   the images **by name** (``mask_io.pair_masks``: ``x.jpg`` <-> ``x.png`` or ``x_mask.png``, the
   rule ``inpaint`` uses; anything unpaired is refused), or ``large`` / ``small``: MAT's free-form
@@ -12,6 +17,12 @@ SSIM, L1 of composited outputs, plus the calibration of sigma (issue 16).
 * Images are centre-cropped (reflect-padded if small) to the model resolution.
 * ``--protocol`` pins the image count, mask kind and resolution of a Table 3 column (see
   ``evaluators/report.py``); with fewer images than it expects, it warns and reports the count.
+* ``--inception`` is optional: without it FID, P-IDS and U-IDS are left out, and the record says so
+  (``left_out``). FID means little on tiny images such as the 32 px digits.
+* ``--calib_samples``: pixels per batch sampled for the rank statistics of sigma (Spearman, AUSE);
+  0 ranks every hole pixel (exact; cheap at 32 px).
+* ``--save_images N``: also writes the first N composited outputs of every T, with their masks and
+  ground truth, to ``OUT_images.npz`` (uint8; ``launch.collect`` draws figures from it).
 * Real-image Inception features are cached in ``--cache_dir``, keyed by the hash of the image
   file list (names and sizes), the resolution/crop, the count and the Inception weights + resize.
 * Writes ``--out`` (JSON: metrics per T and a record of how they were computed), a Markdown file
@@ -31,14 +42,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from psm_jax import checkpoint, cli
 from psm_jax.data import mask_io, transforms
 from psm_jax.data.image_files import list_images
-from psm_jax.data.pipeline import seeded_eval_masks
-from psm_jax.evaluators import inpainting, report
+from psm_jax.data.pipeline import make_eval_dataset, seeded_eval_masks
+from psm_jax.data.sources import make_source
+from psm_jax.evaluators import calibration, inpainting, report
 from psm_jax.evaluators.inception import InceptionFeatures
 from psm_jax.evaluators.lpips import LPIPS
 from psm_jax.inpaint import make_inpaint_fn
@@ -46,22 +59,31 @@ from psm_jax.npz_io import NpzError, load_npz
 from psm_jax.sharding import make_mesh
 
 
+FROM_CONFIG = "from_config"      # --images: the run's own eval split
+SEEDED_MASKS = ("large", "small")
+
+
 def _parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m psm_jax.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="training workdir with checkpoints")
-    p.add_argument("--images", required=True, help="folder of ground-truth images")
+    p.add_argument("--images", required=True,
+                   help=f"folder of ground-truth images, or {FROM_CONFIG}: the run's own eval split (config.data)")
     p.add_argument("--masks", required=True,
                    help="folder of masks named like the images (255 = known), or large / small (seeded)")
     p.add_argument("--iters", default=None, help="spread iterations T, comma-separated (default: config)")
     p.add_argument("--num_images", type=int, default=None, help="first N images by name (default: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--inception", required=True, help="Inception .npz (convert_inception)")
+    p.add_argument("--inception", default=None, help="Inception .npz (convert_inception); omitted: no FID / IDS")
     p.add_argument("--resize", choices=("nvidia", "pytorch_fid"), default="nvidia",
                    help="Inception input resize: nvidia = MAT/PSM's TorchScript detector (default)")
     p.add_argument("--lpips", default=None, help="LPIPS .npz (convert_lpips); omitted: no LPIPS")
     p.add_argument("--protocol", choices=sorted(report.PROTOCOLS), default=None)
     p.add_argument("--out", required=True, help="results .json")
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--calib_samples", type=int, default=calibration.SAMPLES_PER_BATCH,
+                   help="pixels per batch for the rank statistics of sigma; 0 = every hole pixel (exact)")
+    p.add_argument("--save_images", type=int, default=0,
+                   help="write the first N composited outputs per T to OUT_images.npz (default 0: none)")
     p.add_argument("--cache_dir", default=None, help="real-statistics cache (default: ~/.cache/psm_jax/fid)")
     p.add_argument("--fid_method", choices=("sqrtm", "eigh"), default="sqrtm",
                    help="sqrtm: MAT's scipy.linalg.sqrtm (default); eigh: same value, faster")
@@ -149,15 +171,19 @@ def _check_args(args) -> tuple[list[int] | None, report.Protocol | None]:
             raise ValueError(f"--iters {args.iters!r}: expected positive integers like 1,2,4") from None
         if not iters or min(iters) < 1 or len(set(iters)) != len(iters):
             raise ValueError(f"--iters {args.iters!r}: expected distinct positive integers like 1,2,4")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch_size {args.batch_size}: expected >= 1")
-    if args.num_images is not None and args.num_images < 1:
-        raise ValueError(f"--num_images {args.num_images}: expected >= 1")
+    for flag, value, low in (("--batch_size", args.batch_size, 1), ("--num_images", args.num_images, 1),
+                             ("--calib_samples", args.calib_samples, 0), ("--save_images", args.save_images, 0)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} {value}: expected >= {low}")
     protocol = report.PROTOCOLS.get(args.protocol) if args.protocol else None
-    if args.masks not in ("large", "small") and not Path(args.masks).is_dir():
+    if args.images == FROM_CONFIG:
+        if args.masks not in SEEDED_MASKS:
+            raise ValueError(f"--masks {args.masks}: with --images {FROM_CONFIG}, expected large or small "
+                             "(seeded masks)")
+    elif args.masks not in SEEDED_MASKS and not Path(args.masks).is_dir():
         raise FileNotFoundError(f"--masks {args.masks}: expected a folder of mask PNGs, or large / small")
     if protocol:
-        if args.masks in ("large", "small") and args.masks != protocol.masks:
+        if args.masks in SEEDED_MASKS and args.masks != protocol.masks:
             raise ValueError(f"--masks {args.masks}: protocol {protocol.name} uses {protocol.masks} masks")
         if args.num_images is not None and args.num_images != protocol.num_images:
             raise ValueError(f"--num_images {args.num_images}: protocol {protocol.name} pins "
@@ -171,37 +197,90 @@ def _check_args(args) -> tuple[list[int] | None, report.Protocol | None]:
         checkpoint.resolve_checkpoint(args.workdir)
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"--workdir {e}") from None
+    if args.images != FROM_CONFIG and not Path(args.images).is_dir():
+        raise FileNotFoundError(f"--images {args.images}: not a folder (or {FROM_CONFIG})")
     return iters, protocol
+
+
+def _fewer(what: str, have: int, wanted: int, protocol: report.Protocol | None) -> str:
+    asked = f"the protocol {protocol.name} expects" if protocol else "asked for"
+    return f"{what} holds {have} images, fewer than the {wanted} {asked}; reporting {have}"
+
+
+def _folder_inputs(args, wanted: int | None, protocol, warns: list[str]):
+    """(batches(resolution), image count, record fields, real-statistics cache identity) for a folder."""
+    all_images = list_images(args.images, "--images")
+    if wanted is not None and len(all_images) < wanted:
+        warns.append(_fewer(args.images, len(all_images), wanted, protocol))
+    images = all_images[:wanted] if wanted else all_images
+    if args.masks not in SEEDED_MASKS:
+        # Pair the whole folder listing first so that a stray or missing mask is named.
+        masks: list[Path] | str = pair_masks(all_images, args.masks)[:len(images)]
+        masks_text = f"folder {Path(args.masks).resolve()} (paired by stem)"
+    else:
+        masks, masks_text = args.masks, args.masks
+
+    def batches(resolution: int):
+        return make_batches(images, masks, resolution, args.batch_size, args.seed, args.mask_is_hole)
+    return batches, len(images), {"images": str(Path(args.images).resolve()), "masks": masks_text}, \
+        {"files": file_list_hash(images)}
+
+
+def _config_inputs(args, config: ml_collections.ConfigDict, wanted: int | None, protocol, warns: list[str]):
+    """The same four things for ``--images from_config``: the eval split of ``config.data``."""
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.eval_mask_kind, data.eval_mask_dir = args.masks, ""
+    try:
+        n = len(make_source(data, train=False))
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"--images {FROM_CONFIG}: the run's data source ({data.source}) cannot be read: {e}") from None
+    if wanted is not None and n < wanted:
+        warns.append(_fewer(f"the {data.source} eval split", n, wanted, protocol))
+    n = min(n, wanted) if wanted else n
+
+    def batches(resolution: int):
+        del resolution    # the config's own (centre crop to data.resolution)
+        for b in make_eval_dataset(data, batch_size=args.batch_size, num_images=n, seed=args.seed):
+            yield {"image": np.asarray(b["image"]), "mask": np.asarray(b["mask"])}
+    split = ", ".join(f"{k}={data[k]}" for k in ("digits_eval", "path", "tfds_name") if k in data and data[k])
+    record = {"images": f"{FROM_CONFIG}: the {data.source} eval split ({split or 'config.data'})",
+              "masks": f"{args.masks} (seeded, hole_range {tuple(data.hole_range)})"}
+    return batches, n, record, {"data": json.dumps(data.to_dict(), sort_keys=True, default=str), "n": n}
+
+
+def _save_images(path: Path, runs: dict[int, inpainting.SpreadRun], inputs) -> None:
+    """The first kept outputs of every T with their ground truth and masks (uint8) in one .npz."""
+    k = min(sum(len(a) for a in r.kept_images) for r in runs.values())
+    image, mask = [], []
+    for b in inputs:
+        image.append(b["image"])
+        mask.append(b["mask"])
+        if sum(len(a) for a in image) >= k:
+            break
+    gt = np.clip(np.rint((np.concatenate(image)[:k] + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    arrays = {f"T{t}": np.concatenate(r.kept_images)[:k] for t, r in runs.items()}
+    np.savez_compressed(path, ground_truth=gt, mask=(np.concatenate(mask)[:k] > 0.5).astype(np.uint8), **arrays)
 
 
 def _run(args) -> int:
     iters, protocol = _check_args(args)
-    if not Path(args.images).is_dir():
-        raise FileNotFoundError(f"--images {args.images}: not a folder")
-    all_images = list_images(args.images, "--images")
-    images = all_images
     warns: list[str] = []
     wanted = protocol.num_images if protocol else args.num_images
-    if wanted is not None and len(images) < wanted:
-        warns.append(f"{args.images} holds {len(images)} images, fewer than the {wanted} "
-                     f"{'the protocol ' + protocol.name + ' expects' if protocol else 'asked for'}; "
-                     f"reporting {len(images)}")
-    images = images[:wanted] if wanted else images
-    for w in warns:
-        print(f"warning: {w}", file=sys.stderr)
-    if Path(args.masks).is_dir() and args.masks not in ("large", "small"):
-        # Pair the whole folder listing first so that a stray or missing mask is named.
-        masks: list[Path] | str = pair_masks(all_images, args.masks)[:len(images)]
-    else:
-        masks = args.masks
-    inception = _weights(InceptionFeatures.from_npz, "--inception", args.inception, resize=args.resize)
+    if args.images != FROM_CONFIG:
+        batches, num_images, where, identity = _folder_inputs(args, wanted, protocol, warns)
+    inception = (_weights(InceptionFeatures.from_npz, "--inception", args.inception, resize=args.resize)
+                 if args.inception else None)
     lpips = _weights(LPIPS.from_npz, "--lpips", args.lpips) if args.lpips else None
     try:
-        config, variables = checkpoint.load_run(args.workdir)
+        config, variables, step = checkpoint.load_checkpoint(args.workdir)
     except checkpoint.CheckpointReadError:
         raise
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"--workdir {e}") from None
+    if args.images == FROM_CONFIG:
+        batches, num_images, where, identity = _config_inputs(args, config, wanted, protocol, warns)
+    for w in warns:
+        print(f"warning: {w}", file=sys.stderr)
     resolution = int(config.model.resolution)
     if protocol and protocol.resolution != resolution:
         raise ValueError(f"--protocol {protocol.name} is at {protocol.resolution} px but the model in "
@@ -209,31 +288,33 @@ def _run(args) -> int:
     iters = iters or [int(config.spread.test_iters)]
 
     cache_dir = Path(args.cache_dir or Path.home() / ".cache" / "psm_jax" / "fid")
-    cache_key = hashlib.sha256(json.dumps({
-        "files": file_list_hash(images), "resolution": resolution, "crop": "center_reflect",
-        "inception": inception.sha256, "resize": args.resize}).encode()).hexdigest()
-    cache_path = cache_dir / f"real_{cache_key[:24]}.npz"
-    real = None
-    if cache_path.is_file():
-        try:
-            real = load_npz(cache_path, "cached real-image features")["features"]
-        except (NpzError, KeyError):   # a damaged cache entry is recomputed and rewritten
-            real = None
+    cache_key = cache_path = real = None
+    if inception is not None:
+        cache_key = hashlib.sha256(json.dumps({
+            **identity, "resolution": resolution, "crop": "center_reflect",
+            "inception": inception.sha256, "resize": args.resize}).encode()).hexdigest()
+        cache_path = cache_dir / f"real_{cache_key[:24]}.npz"
+        if cache_path.is_file():
+            try:
+                real = load_npz(cache_path, "cached real-image features")["features"]
+            except (NpzError, KeyError):   # a damaged cache entry is recomputed and rewritten
+                real = None
 
     mesh = make_mesh() if jax.device_count() > 1 else None
 
     results: dict[int, dict[str, float]] = {}
-    runs = {}
+    runs, seconds = {}, {}
     cache_hit = real is not None
     t0 = time.time()
     for T in iters:
+        t_start = time.time()
         fn = make_inpaint_fn(config, num_iters=T, return_trajectory=True)
-        batches = make_batches(images, masks, resolution, args.batch_size, args.seed, args.mask_is_hole)
-        with tqdm(total=len(images), desc=f"T={T}", unit="img", disable=args.no_progress, file=sys.stderr) as bar:
-            run = inpainting.evaluate_batches(fn, variables, batches, key=jax.random.key(args.seed),
+        with tqdm(total=num_images, desc=f"T={T}", unit="img", disable=args.no_progress, file=sys.stderr) as bar:
+            run = inpainting.evaluate_batches(fn, variables, batches(resolution), key=jax.random.key(args.seed),
                                               inception=inception, lpips=lpips, need_real_features=real is None,
-                                              mesh=mesh, progress=bar)
-        if real is None:
+                                              mesh=mesh, progress=bar, calib_samples=args.calib_samples or None,
+                                              keep_images=args.save_images)
+        if inception is not None and real is None:
             real = run.reals()
             cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = cache_path.with_suffix(".tmp.npz")
@@ -243,19 +324,26 @@ def _run(args) -> int:
             warnings.simplefilter("ignore", DeprecationWarning)
             results[T] = run.summary(real, fid_method=args.fid_method)
         runs[T] = run
+        seconds[str(T)] = round(time.time() - t_start, 1)
 
     out = Path(args.out)
+    no_inception = "no --inception given"
+    left_out = {**({"fid": no_inception, "p_ids": no_inception, "u_ids": no_inception} if inception is None else {}),
+                **({"lpips": "no --lpips given"} if lpips is None else {})}
     record = {
-        "num_images": len(images), "protocol": args.protocol, "images": str(Path(args.images).resolve()),
-        "masks": args.masks if isinstance(masks, str) else f"folder {Path(args.masks).resolve()} (paired by stem)",
-        "iterations": iters, "seed": args.seed, "batch_size": args.batch_size, "workdir": str(Path(args.workdir).resolve()),
+        "num_images": num_images, "protocol": args.protocol, **where,
+        "iterations": iters, "seed": args.seed, "batch_size": args.batch_size,
+        "workdir": str(Path(args.workdir).resolve()), "step": step,
         "inception": {"path": str(Path(args.inception).resolve()), "sha256": inception.sha256,
-                      "source": inception.source, "resize": args.resize},
+                      "source": inception.source, "resize": args.resize} if inception else None,
         "lpips": {"path": str(Path(args.lpips).resolve()), "sha256": lpips.sha256} if lpips else None,
-        "fid_method": args.fid_method, "ids": "sklearn LinearSVC(dual=False), real=1 fake=0, U-IDS on training data",
-        "real_stats_cache": {"path": str(cache_path), "key": cache_key, "hit": cache_hit},
+        "left_out": left_out,
+        "fid_method": args.fid_method if inception else None,
+        "ids": "sklearn LinearSVC(dual=False), real=1 fake=0, U-IDS on training data" if inception else None,
+        "real_stats_cache": {"path": str(cache_path), "key": cache_key, "hit": cache_hit} if inception else None,
+        "calib_samples": args.calib_samples or "all hole pixels",
         "devices": jax.device_count(), "git_sha": report.git_sha(), "config": config.to_dict(),
-        "seconds": round(time.time() - t0, 1), "warnings": warns,
+        "seconds": round(time.time() - t0, 1), "seconds_per_iters": seconds, "warnings": warns,
     }
     md = report.markdown(results, record)
     payload = {"results": {str(t): r for t, r in results.items()}, "record": record, "markdown": md,
@@ -264,10 +352,14 @@ def _run(args) -> int:
     for t in iters:
         if runs[t].calib.iterations():
             runs[t].calib.reliability_png(out.with_name(f"{out.stem}_reliability_T{t}.png"))
+    if args.save_images:
+        _save_images(out.with_name(f"{out.stem}_images.npz"), runs, batches(resolution))
     text = json.dumps(_finite(payload), indent=2, default=str, allow_nan=False)
     out.write_text(text)
     out.with_suffix(".md").write_text(md)
     print(md)
+    print(f"Evaluated {num_images} images at T = {', '.join(map(str, iters))} in {record['seconds']:.0f} s "
+          f"({', '.join(f'T={t}: {s:.0f} s' for t, s in seconds.items())}).")
     return 0
 
 

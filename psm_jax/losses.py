@@ -152,7 +152,11 @@ def _log_bin_mass_jvp(primals, tangents):
     return log_p, g_b * -jnp.expm1(w * m_r) * dm + 0.5 * (g_a + g_b) * dw
 
 
-def discretized_gaussian_nll(target: jax.Array, mean: jax.Array, log_var: jax.Array) -> jax.Array:
+EDGE_BINS = ("open", "closed")
+
+
+def discretized_gaussian_nll(target: jax.Array, mean: jax.Array, log_var: jax.Array,
+                             edge_bins: str = "open") -> jax.Array:
     """Per-element NLL of Eq. 1: -log of the N(sg[mean], exp(log_var)) mass of target's bin.
 
     Bins (Eq. 2-3): ``[y - 1/255, y + 1/255]``, i.e. width 2/255 centred on the target value ``y``;
@@ -169,8 +173,16 @@ def discretized_gaussian_nll(target: jax.Array, mean: jax.Array, log_var: jax.Ar
     targets far in the tails, and so do the gradients w.r.t. ``log_var`` (hand-written, see
     ``_bin_mass_terms``). Inputs broadcast against each other (e.g. a 1-channel log_var).
 
+    ``edge_bins`` (config ``loss.nll_edge_bins``): "open" is Eq. 2-3 as written. "closed" gives
+    the targets at +-1 the same bin of width 2/255 as every other target. Why it matters: with an
+    open edge bin and a mean inside the range, the bin's mass grows with sigma towards 1/2, so the
+    NLL drives sigma to its upper clamp exactly where the target is saturated (paper-white or
+    black pixels), however small the error; sigma then stops ranking the error (docs/FIDELITY.md).
+
     Returns the broadcast shape, float; reduce it with :func:`reduce_nll`.
     """
+    if edge_bins not in EDGE_BINS:
+        raise ValueError(f"loss.nll_edge_bins must be one of {EDGE_BINS}, got {edge_bins!r}")
     mean = jax.lax.stop_gradient(mean)
     inv_std = jnp.exp(-0.5 * log_var)
     m = jnp.clip((target - mean) * inv_std, -_Z_MAX, _Z_MAX)     # bin centre, std units
@@ -179,6 +191,8 @@ def discretized_gaussian_nll(target: jax.Array, mean: jax.Array, log_var: jax.Ar
     top = jnp.broadcast_to(target > 1.0 - HALF_BIN, m.shape)
     bottom = jnp.broadcast_to(target < -1.0 + HALF_BIN, m.shape)
     edge = top | bottom
+    if edge_bins == "closed":
+        top, bottom, edge = (jnp.zeros_like(top),) * 3
     m_abs = jnp.abs(m)
 
     # Open edge bins: P = 1 - Phi(m - w/2) = Phi(w/2 - m) at the top, Phi(m + w/2) at the bottom.

@@ -258,9 +258,9 @@ def pixel_spread(
       sigma_scale: scale of the "exp" sigma -> u~ map.
       unroll: ``lax.scan``'s unroll. 1 (default) keeps one loop body, so compile time does not
         grow with T. ``True`` unrolls the loop: XLA's CPU backend runs the *backward* of a
-        convolutional scan body about 5x slower than the same ops unrolled (measured on the
-        demo generator), so the trainer unrolls its small T_train on CPU (config
-        ``spread.unroll``).
+        convolutional scan body much slower than the same ops unrolled (docs/BENCHMARKS.md,
+        "Speed work"), so the trainer unrolls its small T_train on CPU (config
+        ``spread.unroll_train``).
       resample_committed: True (Eq. 5): every generated-known pixel is re-sampled from the
         current mean at each iteration. False: only the pixels picked in this iteration are
         sampled; earlier ones keep their values (see the module docstring).

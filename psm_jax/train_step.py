@@ -212,7 +212,8 @@ def _g_loss(g_params, state, batch, key, *, config, models):
         if weights["pcp"]:
             terms["pcp"] = models.perceptual_fn(models.perceptual_params, fake_TBHWC[j], real)
         if weights["nll"]:
-            nll = losses.discretized_gaussian_nll(real, mean_TBHWC[j], log_var_TBHWC[j])
+            nll = losses.discretized_gaussian_nll(real, mean_TBHWC[j], log_var_TBHWC[j],
+                                                  edge_bins=lw.nll_edge_bins)
             terms["nll"] = losses.reduce_nll(nll, m_in_TBHW1[j], region=lw.nll_region,
                                              reduction=lw.nll_reduction)
         if weights["l1"]:

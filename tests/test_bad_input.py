@@ -329,3 +329,46 @@ CASES.update(MESH_CASES)
 @pytest.mark.parametrize("name", sorted(MESH_CASES))
 def test_summary_mesh_bad_input(name, places, tmp_path):
     test_bad_input_is_one_line_and_exit_2(name, places, tmp_path)
+
+
+# ==== issue 27 (the reproducibility study): evaluate --images from_config, repro sweeps, study collect ====
+# Kept in its own block (other changes to this file go above it); the cases join CASES.
+REPRO_EVAL = ["-m", "psm_jax.evaluate", "--workdir", "{damaged}", "--iters", "1,2", "--out", "{tmp}/r.json"]
+REPRO_CASES = {
+    "repro_evaluate_from_config_mask_folder": ([*REPRO_EVAL, "--images", "from_config", "--masks", "{masks}"],
+                                               "with --images from_config, expected large or small", "{tmp}/r.json"),
+    "repro_evaluate_negative_calib_samples": ([*REPRO_EVAL, "--images", "from_config", "--masks", "large",
+                                              "--calib_samples", "-1"], "--calib_samples -1", "{tmp}/r.json"),
+    "repro_evaluate_negative_save_images": ([*REPRO_EVAL, "--images", "from_config", "--masks", "large",
+                                            "--save_images", "-3"], "--save_images -3", "{tmp}/r.json"),
+    "repro_evaluate_images_not_a_folder": ([*REPRO_EVAL, "--images", "{tmp}/none", "--masks", "large"],
+                                           "--images {tmp}/none: not a folder", "{tmp}/r.json"),
+    "repro_sweep_unknown": (["-m", "launch.sweep", "configs/demo.py:repro9", "--dry_run"], "repro9", None),
+    "repro_sweep_zero_seeds": (["-m", "launch.sweep", "configs/demo.py:repro,seeds=0", "--dry_run"], "seeds=0",
+                               None),
+    "repro_sweep_unknown_argument": (["-m", "launch.sweep", "configs/demo.py:repro,seedz=3", "--dry_run"], "seedz",
+                                     None),
+    "repro_main_unknown_ablation": ([*MAIN, "--config=configs/demo.py:demo,ablation=Z", "--workdir={tmp}/w"],
+                                    "ablation='Z'", "{tmp}/w"),
+}
+CASES.update(REPRO_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(REPRO_CASES))
+def test_repro_bad_input(name, places, tmp_path):
+    test_bad_input_is_one_line_and_exit_2(name, places, tmp_path)
+
+
+@pytest.mark.parametrize("out, message", [("doc/R.md", "no evaluation of the study has results.json"),
+                                          ("doc/R.txt", "expected a .md file")])
+def test_repro_collect_bad_input(out, message, places, tmp_path, monkeypatch):
+    """A study sweep (runs with ``study``) whose evaluation has not run, or an --out that is not Markdown."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "sweep.json").write_text(json.dumps({"sweep": "repro", "config": "configs/demo.py", "runs": [
+        {"name": "A_s0_eval", "workdir": "runs/repro/A_s0_eval", "kind": "evaluate", "paper": {"fid": 2.36},
+         "study": {"model": "A", "seed": 0}}]}))
+    monkeypatch.setitem(CASES, "repro_collect", (["-m", "launch.collect", str(study), "--out", f"{{tmp}}/{out}"],
+                                                 message, "{tmp}/doc"))
+    test_bad_input_is_one_line_and_exit_2("repro_collect", places, tmp_path)
+# ==== end of the issue 27 block ===============================================================================

@@ -114,7 +114,7 @@ def test_committed_full_run_beats_baselines():
     assert l1["psm_t4"] < l1["mean_fill"], l1
 
 
-@pytest.mark.xfail(strict=True, reason="measured: T = 4 is worse than T = 1 (README, Demo); remove the "
+@pytest.mark.xfail(strict=True, reason="measured: T = 4 is worse than T = 1 (docs/DEMO.md); remove the "
                    "mark when a run of configs/demo.py meets it")
 def test_committed_full_run_t4_no_worse_than_t1():
     l1 = {m: v["l1"] for m, v in _committed_report()["methods"].items()}

@@ -16,11 +16,7 @@ Two kinds (``SyntheticSource(kind=...)``, ``config.data.synthetic_kind``):
   power-of-two number of pixels (R/16, R/8 or R/4) and start at the image corner, like a tiled
   floor. The continuation across a hole is fully determined by the visible cells and the grid,
   which a stride-2 conv net represents exactly (a cell maps to one feature at its scale), so a
-  small conv net learns it from few images: on 64 px images a 16-128 channel U-Net trained
-  with L1 for 1,000 steps of 8 reaches a hole L1 of 28.8 against Telea's 31.6 (mean fill 42.3),
-  while with the same patterns at a random phase it reaches 37.4 against 34.0, and on "layered"
-  images 40.8 against 35.5 (bench/demo_learning.py). The PSM generator learns it more slowly
-  (README, "Demo: where it stands").
+  small conv net learns it from few images (measurements: bench/demo_learning.py, docs/DEMO.md).
 
 Record ``i`` is a pure function of ``(seed, i)`` (its own ``np.random.Generator`` from a
 ``SeedSequence``), so the source is random-access and identical in every process and worker.

@@ -42,6 +42,8 @@ class SpreadRun:
     real_features: list[np.ndarray] = dataclasses.field(default_factory=list)
     calib: calibration.CalibrationAccumulator = dataclasses.field(
         default_factory=calibration.CalibrationAccumulator)
+    # The first ``keep_images`` composited outputs (uint8 BHWC), for figures.
+    kept_images: list[np.ndarray] = dataclasses.field(default_factory=list)
 
     def add(self, name: str, values: np.ndarray) -> None:
         self.sums[name] = self.sums.get(name, 0.0) + float(np.sum(values))
@@ -85,8 +87,10 @@ def _pad_to(x: np.ndarray, n: int) -> np.ndarray:
 def evaluate_batches(inpaint_fn: Callable, variables: Any, batches: Iterable[dict[str, Any]], *, key: jax.Array,
                      inception: Any = None, lpips: Any = None, need_real_features: bool = True,
                      mesh: jax.sharding.Mesh | None = None, progress: Any = None,
-                     calib_samples: int = calibration.SAMPLES_PER_BATCH) -> SpreadRun:
-    """Runs ``inpaint_fn`` on every batch and collects metrics, features and calibration sums."""
+                     calib_samples: int | None = calibration.SAMPLES_PER_BATCH, keep_images: int = 0) -> SpreadRun:
+    """Runs ``inpaint_fn`` on every batch and collects metrics, features and calibration sums
+    (``calib_samples`` None: rank statistics over every hole pixel), and keeps the composited
+    outputs of the first ``keep_images`` images."""
     run = SpreadRun()
     calib_key = jax.random.fold_in(key, 0x5EED)
     sharding, size = None, None
@@ -116,6 +120,8 @@ def evaluate_batches(inpaint_fn: Callable, variables: Any, batches: Iterable[dic
         for name in ("ssim", "l1", "l1_hole_sum", "hole_count"):
             run.add(name, m[name][:n])
         run.psnr_finite.extend(float(p) for p in np.asarray(m["psnr"])[:n] if np.isfinite(p))
+        if run.num_images < keep_images:
+            run.kept_images.append(pred_u8[:min(n, keep_images - run.num_images)])
         if lpips is not None:
             run.add("lpips", lpips(pred_u8, real_u8)[:n])
         if inception is not None:

@@ -84,16 +84,33 @@ def calibration_table(results: dict[int, dict[str, float]]) -> str:
     return out
 
 
+def spread_quality_table(results: dict[int, dict[str, float]]) -> str:
+    """Per T and iteration, on the pixels still open (calibration.py): does sigma order the spread?"""
+    out = ("| T | iteration | pick ratio ↓ | AUSE ↓ | AUSE rel. ↓ | Spearman ρ open ↑ |\n"
+           "|---|---|---|---|---|---|\n")
+    for t, r in sorted(results.items()):
+        i = 0
+        while f"calib/pick_ratio/iter{i}" in r:
+            out += (f"| {t} | {i + 1} | {_fmt(r[f'calib/pick_ratio/iter{i}'], 3)} | {_fmt(r[f'calib/ause/iter{i}'], 4)}"
+                    f" | {_fmt(r[f'calib/ause_rel/iter{i}'], 3)} | {_fmt(r[f'calib/spearman_open/iter{i}'], 3)} |\n")
+            i += 1
+    return out
+
+
 def markdown(results: dict[int, dict[str, float]], record: dict[str, Any]) -> str:
     label = record.get("protocol") or "PSM (ours)"
+    inception = record.get("inception")
+    features = (f"Inception resize `{inception['resize']}` (sha256 {inception['sha256'][:12]}…), "
+                f"FID method `{record['fid_method']}`" if inception else "FID and IDS left out (no --inception)")
     text = [f"## Evaluation: {label}", "",
             f"{record['num_images']} images, masks {record['masks']}, seed {record['seed']}, "
-            f"Inception resize `{record['inception']['resize']}` (sha256 {record['inception']['sha256'][:12]}…), "
-            f"FID method `{record['fid_method']}`, git {record['git_sha'][:12]}.", "",
+            f"{features}, git {record['git_sha'][:12]}.", "",
             table3(results, "PSM (ours)")]
-    if len(results) > 1:
+    if len(results) > 1 and inception:
         text += ["", "FID per number of iterations (Table 2 style):", "", table2(results)]
-    text += ["", "Uncertainty calibration on the hole pixels (σ of each iteration):", "", calibration_table(results)]
+    text += ["", "Uncertainty calibration on the hole pixels (σ of each iteration):", "", calibration_table(results),
+             "", "Does σ order the spread? On the pixels still open at each iteration (the pick ratio of the "
+             "last iteration is 1 by construction, left out):", "", spread_quality_table(results)]
     for w in record.get("warnings", []):
         text.append(f"\n> warning: {w}")
     return "\n".join(text) + "\n"

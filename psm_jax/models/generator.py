@@ -146,11 +146,9 @@ class Generator(nn.Module):
     uncertainty_guided: bool = True                # Eq. 6 bias F(u); model F: False
     uga_channels: int = 32                         # hidden width of F (4 conv 3x3 layers)
     use_noise: bool = True                         # StyleGAN2 per-pixel noise in the decoder
-    # Supp. A: the style combines the global image feature with a *random* latent code. False
-    # feeds z = 0 (so w is the mapping network's constant output and the style is set by the
-    # image alone): a deterministic generator, used by the CPU demo, where a few minutes of
-    # training cannot teach the network to ignore a random modulation (at init the output
-    # varies ~9x more with z than with the image).
+    # Supp. A: the style combines the global image feature with a *random* latent code. False feeds
+    # z = 0, so the style comes from the image alone: for short runs, which cannot learn to ignore a
+    # random modulation that at init outweighs the image (docs/DEMO.md).
     use_latent: bool = True
     # The log variance: the 6-channel ToRGB sum ("torgb", Supp. A's "6 channels") or that plus a
     # small conv head on the full-resolution feature and the mean ("conv"; VarianceHead).
@@ -161,14 +159,13 @@ class Generator(nn.Module):
     log_var_min: float = -12.0                     # soft clamp of the log variance (sigma >= 0.0025)
     log_var_max: float = 4.0                       # (sigma <= 7.4, i.e. beyond the [-1,1] range)
     # Gains on the summed ToRGB output: the mean channels (output_gain) and the log variance
-    # (var_gain). MAT's is 1.0; its decoder starts with an output std of ~4, which puts much of
-    # the initial log variance on the soft clamp, where the NLL gradient is ~0.
+    # (var_gain). MAT's is 1.0; a smaller gain keeps the large initial output off the soft clamp,
+    # where the NLL gradient vanishes (docs/DEMO.md).
     output_gain: float = 1.0
     var_gain: float = 1.0
-    # Supp. A feeds the time step as the 7th input channel. False feeds a constant 0 there, so the
-    # network cannot condition on t: the CPU demo trains with T = 2 (t = 0, 1/2) and tests with
-    # T = 4 (t = 0, 1/4, 1/2, 3/4); a few minutes of training do not teach it to interpolate in
-    # t, while the mask channels already say how far the spread has got.
+    # Supp. A feeds the time step as the 7th input channel. False feeds 0 there: a test T other than
+    # the training T shows t values never trained on, while the mask channels already say how far
+    # the spread has got.
     time_input: bool = True
 
     def channels(self, down: int) -> int:

@@ -139,10 +139,8 @@ def downsample2d(x_NHWC: Array, f: Array | np.ndarray | None = None, down: int =
     return upfirdn2d(x_NHWC, f, down=down, padding=pads, gain=gain)
 
 
-# XLA:CPU (YNNPACK) runs a large strided convolution 2-3x below its stride-1 rate: a 9.7 GFLOP 3x3/2 conv of the
-# 512 encoder ran at ~31 GFLOP/s against ~100 for stride-1 convs of any size on the shared 2-core CPU, and at
-# 55-85 GFLOP/s when cut into row bands of about a GFLOP each. Bands give bit-identical results (each output row
-# is computed from the same inputs and taps); they are only used on CPU, where the effect was measured.
+# XLA:CPU runs a large strided conv far below its stride-1 rate, and faster cut into row bands of about a GFLOP
+# (docs/BENCHMARKS.md, "Speed work"). Bands are bit-identical (each output row reads the same inputs and taps); CPU only.
 _CPU_STRIDED_BAND_FLOPS = 1.2e9
 _CPU_MAX_BANDS = 16
 
@@ -178,8 +176,8 @@ def _conv(x_NHWC: Array, w_HWIO: Array, stride: int = 1, padding=((0, 0), (0, 0)
     w_HWIO = w_HWIO.astype(x_NHWC.dtype)
     unpadded = all(p == 0 for pair in padding for p in pair)
     if w_HWIO.shape[:2] == (1, 1) and stride == 1 and lhs_dilation == 1 and groups == 1 and unpadded:
-        # A 1x1 conv is a matmul over channels. As a dot it runs 4-7x faster on XLA:CPU for the narrow ToRGB
-        # outputs (6 channels: 22 ms as a conv, 5 ms as a dot at 256x256x128); GPU/TPU backends lower both alike.
+        # A 1x1 conv is a matmul over channels; XLA:CPU runs narrow ones (ToRGB) much faster as a dot
+        # (docs/BENCHMARKS.md, "Speed work"), and GPU/TPU backends lower both alike.
         return lax.dot_general(x_NHWC, w_HWIO[0, 0], (((3,), (0,)), ((), ())))
     conv = lambda x: lax.conv_general_dilated(  # noqa: E731
         x, w_HWIO, window_strides=(stride, stride), padding=padding, lhs_dilation=(lhs_dilation, lhs_dilation),
