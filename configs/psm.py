@@ -21,7 +21,8 @@ Variants:
                          maintain the same setup during training and testing" (Sec. 4.3), so
                          each tests with its own training T; Table 2 re-tests A and B with
                          ``test_iters=4..10`` (an argument, e.g. ``configs/psm.py:A,test_iters=7``).
-  tiny                   32x32 synthetic data, a few-channel model, the paper's code paths
+  tiny                   16x16 synthetic data, the test model (model_config("tiny"): 2 levels,
+                         attention at the 4x4 bottleneck, a few channels), the paper's code paths
                          (top_k picker, fresh fakes, style mixing; the train spread unrolled, as
                          on any CPU config): for tests and smoke runs.
 

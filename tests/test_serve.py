@@ -118,7 +118,7 @@ def test_png_equals_inpainter_and_only_the_hole_changes(client, workdir, digit):
     np.testing.assert_array_equal(out, reference)
     np.testing.assert_array_equal(out[~hole], digit[~hole])
     assert (out[hole] != digit[hole]).any()
-    # Any size goes through Inpainter's strategies: a 48x40 image, shrunk to 32 px (the same compiled shape).
+    # Any size goes through Inpainter's strategies: a 48x40 image, shrunk to R, padded to 32 (one compiled shape).
     big = fx.random_image(np.random.default_rng(1), 48, 40)
     hole2 = sf.box_hole(48, 40)
     r = _post(client, sf.png(big), sf.hole_png(hole2), seed=SEED, strategy="resize")

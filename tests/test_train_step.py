@@ -1,6 +1,6 @@
 """Fidelity checks of one training step (psm_jax/train_step.py; docs/FIDELITY.md).
 
-Small enough to run in seconds on CPU: configs/psm.py:tiny (32x32, a few channels).
+Small enough to run in seconds on CPU: configs/psm.py:tiny (the 16 px, 2-level test model).
 """
 from __future__ import annotations
 
