@@ -40,6 +40,10 @@ def test_bad_arguments_are_one_line_errors():
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "--configs" in r.stderr.strip().splitlines()[-1]
+    for args, flag in ((("--configs", "configs/nope.py:tiny"), "--configs"), (("--repeats", "0"), "--repeats")):
+        r = _bench("compile_time.py", *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert flag in r.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
