@@ -1,4 +1,4 @@
-"""The `make demo` config: a small PSM trained on CPU on real handwritten digits (issue 18).
+"""The `make demo` config: a small PSM trained on CPU on real handwritten digits (Sec. 3-4 at 32 px).
 
 Same code paths as the paper configs (configs/psm.py): generator, pixel spread, losses, ADA,
 EMA, lazy R1 and checkpoints are all on. Every field whose value the demo depends on is set
@@ -9,38 +9,36 @@ bicubic to 32x32, dark ink on light paper, RGB. Training digits 0-1499, held-out
 (the 297 digits the report scores). No flip (a mirrored digit is not a digit): a random shift
 of up to 2 px instead. MAT's free-form "large" masks at 32 px. Nothing is downloaded.
 
-The paper's spread (Sec. 3.2-3.3): T_train = 2, T_test = 4, alpha = 0.01, linear schedule, with
-two measured departures (297 held-out digits, 400 steps; README, "Demo"):
+The paper's spread (Sec. 3.2-3.3): T_train = 2, T_test = 4, alpha = 0.01, linear schedule.
+Departures from the paper, each a named field with a docs/FIDELITY.md row; the measurements
+behind them are in docs/DEMO.md:
 
-* model.time_input = False (the time channel is fed 0): T = 4 shows the network t = 1/4 and
-  3/4, which T_train = 2 never does. Frozen pixels, time input on: T = 1 / 2 / 4 = 33.18 /
-  33.04 / 34.13; off: 32.91 / 32.93 / 33.44 (T = 4 better by 0.69).
-* spread.resample_committed = False (a generated pixel keeps the value of the iteration that
-  picked it). Eq. 5 as written re-samples every generated pixel from the newest mean, so the
-  T = 4 output is iteration 4's mean over the whole hole, and this short run's generator
-  re-predicts committed pixels worse than it first predicted them: trained and run with
-  Eq. 5 (time input on), T = 1 / 2 / 4 gave 32.76 / 33.12 / 35.17.
-
-Even so T = 4 is still 0.5 worse than T = 1 at 400 steps (sigma barely orders the error yet).
-The uncertainty map is the "exp" one (spread.uncertainty_map; the paper's literal reading is
-"minmax"). Other departures from the paper that the demo keeps:
-
-* Losses: adversarial + NLL (the paper's) plus an L1 term on the hole (weight 10); the
-  perceptual loss is off (without the pretrained ResNet-50 weights, which may not be
-  downloaded, it would be a random-feature loss). The NLL is weighted 1.0 on the hole pixels
-  with a mean reduction (paper: 1e-4, summed over all pixels).
+* loss.nll_edge_bins = "closed": +-1 get the same 2/255 bin as every other level. With Eq. 2-3's
+  open edge bins the NLL drives sigma to its clamp on the saturated paper-white background, and
+  sigma then anti-ranks the error.
+* model.num_down = 3 (a 4x4 bottleneck at 32 px, attention at H/4 and H/8): the paper's H/32
+  would leave a 1x1 bottleneck and attention on 2x2 and 1x1 maps.
+* spread.resample_committed = False: a generated pixel keeps the value of the iteration that
+  picked it (Eq. 5 re-samples it from the newest mean).
+* model.time_input = False: the time channel is fed 0 (T_test = 4 shows t = 1/4 and 3/4, which
+  T_train = 2 never does).
+* spread.uncertainty_map = "exp" (the paper's literal reading is "minmax").
+* Losses: adversarial + NLL (the paper's) plus an L1 term on the hole (weight 10); no perceptual
+  loss (without the pretrained ResNet-50 weights, which may not be downloaded, it would be a
+  random-feature loss). The NLL is weighted 1.0 on the hole pixels with a mean reduction
+  (paper: 1e-4, summed over all pixels).
 * No random latent code and no per-pixel noise (model.use_latent / use_noise = False): at init
   the output varies far more with z than with the image, and minutes of training cannot undo it.
-* The summed ToRGB output is scaled by model.output_gain = 0.1 (MAT: 1.0): MAT's decoder starts
-  with an output std of ~4, which puts its initial log variance on the soft clamp.
-* Optimisation for a short run: Adam beta1 = 0.9 (paper: 0), lr 2e-3, batch 8, 400 steps
-  (3,200 images; see README for why not more).
+* model.output_gain = model.var_gain = 0.1 on the summed ToRGB output (MAT: 1.0): MAT's decoder
+  starts with an output std of ~4, which puts the initial log variance on the soft clamp.
+* Optimisation for a short run: Adam beta1 = 0.9 (paper: 0), lr 2e-3, batch 8, 1,200 steps
+  (9,600 images, ~12 min of training on an idle 2-core machine).
 
 Variants (small dicts below, never copies of this file):
   demo       the digits demo above (`make demo`)
-  digits64   the same at 64x64 (shift 4 px); not measured yet (4x the pixels per step)
+  digits64   the same at 64x64 (shift 4 px, 4 U-Net levels); not measured (4x the pixels per step)
   synthetic  the earlier 64x64 procedural demo (data.synthetic_kind "layered" or "tiles")
-  tiny       seconds; tests
+  tiny       seconds; tests (the 16 px test model of model_config("tiny"))
 
 Argument ``ablation=A..G`` (after the variant): Table 1's model on this config (TABLE1 below),
 e.g. ``configs/demo.py:demo,ablation=B``. Sweeps (``get_sweep``): ``repro`` (Table 1 and Table 2
@@ -70,9 +68,12 @@ DEMO_MODEL = dict(channel_base=16, channel_max=128, z_dim=64, w_dim=64, global_s
 # Dotted overrides applied on top of the digits demo.
 VARIANTS = {
     "demo": {},
-    "digits64": {"model.resolution": 64, "data.resolution": 64, "data.digits_shift": 4},
+    # 64 px keeps the demo's proportions: a 4x4 bottleneck, attention at H/8 and H/16.
+    "digits64": {"model.resolution": 64, "data.resolution": 64, "data.digits_shift": 4,
+                 "model.num_down": 4, "model.attention_downsample": (8, 16)},
     "synthetic": {
         "model.resolution": 64, "data.resolution": 64, "data.source": "synthetic",
+        "model.num_down": 4, "model.attention_downsample": (8, 16),
         "data.synthetic_kind": "layered", "data.synthetic_size": 20_000,
         "spread.resample_committed": False, "model.time_input": False,
         "demo.eval_images": 64,
@@ -94,8 +95,8 @@ VARIANTS = {
 
 # Table 1's models (Sec. 4.3) relative to this config, with configs/psm.py's ABLATIONS: A trains
 # with 3 iterations, B-G change one thing each from A, and every model tests with its own T.
-# G keeps the finer of the two attention scales: configs/psm.py's "relative" reading, which the
-# demo's (H/16, H/32) follows, gives G = H/16 (its "absolute" reading would keep the coarser).
+# G keeps the finer of the two attention scales: configs/psm.py's "relative" reading (A at H/16
+# and H/32, G at H/16) applied to the demo's (H/4, H/8) gives G = H/4.
 TABLE1_TRAIN_ITERS = 3
 # Table 2 at this scale: every trained model is tested at these T.
 REPRO_TEST_ITERS = (1, 2, 3, 4, 6, 8)
@@ -133,9 +134,9 @@ def get_config(arg=None):
     c.seed = 0
     c.model = model_config("paper512")
     c.model.update(DEMO_MODEL)
-    # time_input=False: measured departure, see the docstring.
-    c.model.update(resolution=32, use_latent=False, use_noise=False, output_gain=0.1, var_gain=0.1,
-                   time_input=False)
+    # Departures (num_down, time_input, gains, latent, noise): see the docstring.
+    c.model.update(resolution=32, num_down=3, attention_downsample=(4, 8), use_latent=False, use_noise=False,
+                   output_gain=0.1, var_gain=0.1, time_input=False)
 
     c.data = default_data_config()
     c.data.update(source="digits", resolution=32, digits_train=(0, 1500), digits_eval=(1500, 1797),
@@ -149,7 +150,7 @@ def get_config(arg=None):
                     grad_through_iters=False, resample_committed=False, remat=False,
                     unroll_train=True,   # XLA CPU: the unrolled train spread is ~5x faster
                     uncertainty_map="exp", picker="top_k")
-    c.loss.update(adv_weight=1.0, pcp_weight=0.0, l1_weight=10.0, nll_weight=1.0, nll_region="hole", nll_edge_bins="open",
+    c.loss.update(adv_weight=1.0, pcp_weight=0.0, l1_weight=10.0, nll_weight=1.0, nll_region="hole", nll_edge_bins="closed",
                   nll_reduction="mean", r1_gamma=1.0, r1_interval=16,
                   # No latent code, so style mixing would mix two identical w's: off.
                   style_mixing_prob=0.0, composite_fakes=True,
@@ -160,9 +161,9 @@ def get_config(arg=None):
     c.ema.update(kimg=1.0, rampup=0.05)
     c.compute_dtype = "float32"
     c.batch_size = 8
-    c.total_steps = 400
-    c.log_every = 50
-    c.ckpt_every = 100
+    c.total_steps = 1200
+    c.log_every = 100
+    c.ckpt_every = 200
     c.keep_ckpts = 100          # every checkpoint is kept: the report's learning curve reads them
     c.sample_every = 0          # the report draws the spread figures
     c.progress_bar = True
