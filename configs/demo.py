@@ -32,7 +32,7 @@ behind them are in docs/DEMO.md:
 * model.output_gain = model.var_gain = 0.1 on the summed ToRGB output (MAT: 1.0): MAT's decoder
   starts with an output std of ~4, which puts the initial log variance on the soft clamp.
 * Optimisation for a short run: Adam beta1 = 0.9 (paper: 0), lr 2e-3, batch 8, 1,200 steps
-  (9,600 images, ~12 min of training on an idle 2-core machine).
+  (9,600 images, ~9 min of training on an idle 2-core machine).
 
 Variants (small dicts below, never copies of this file):
   demo       the digits demo above (`make demo`)
