@@ -110,6 +110,11 @@ def xla_flops(lowered_or_compiled: Any) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
+def sig(value: float, digits: int = 4) -> float:
+    """``value`` rounded to ``digits`` significant figures: small GFLOP counts keep their precision."""
+    return float(f"{value:.{digits}g}")
+
+
 def emit(row: dict[str, Any]) -> None:
     """One JSON object per line on stdout, flushed (so a pipe sees rows as they are measured)."""
     print(json.dumps(row), flush=True)

@@ -59,8 +59,8 @@ def bench(resolution: int, batch: int, repeats: int, dtype: str = "float32",
     timing = common.time_fn(compiled, repeats=repeats, max_seconds=max_seconds,
                             args_fn=lambda i: (variables, x, m, u, t, jax.random.fold_in(k[3], i + 1)))
     median_s = timing["median_s"]
-    return {"resolution": resolution, "batch": batch, "dtype": dtype, "median_s": round(median_s, 5),
-            "min_s": round(timing["min_s"], 5), "compile_s": round(compile_s, 3), "gflop": round(gflop, 3),
+    return {"resolution": resolution, "batch": batch, "dtype": dtype, "median_s": common.sig(median_s),
+            "min_s": common.sig(timing["min_s"]), "compile_s": round(compile_s, 3), "gflop": common.sig(gflop),
             "gflop_per_s": round(gflop / median_s, 2), "cpu_s": round(timing["cpu_s"], 4),
             "gflop_per_cpu_s": round(gflop / timing["cpu_s"], 2), "repeats": timing["repeats"],
             "load1": timing["load1"],

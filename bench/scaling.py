@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         mesh = scaling.make_mesh(data, fsdp, args.platform)
         row = scaling.analyze(config, mesh, steps=steps, keep_compiled=bool(args.execute),
                               plan_only=not (args.execute or args.full_compile))
-        row = {**base, **row, "T_train": config.spread.train_iters, "r1_interval": config.loss.r1_interval}
+        row = {**base, **row, "resolution": config.model.resolution, "T_train": config.spread.train_iters, "r1_interval": config.loss.r1_interval}
         row.update({f"fits_{c}gib": row["peak_bytes"] <= args.headroom * c * scaling.GIB for c in CAPACITIES_GIB})
         if args.execute:
             row.update(execute_rss(config, mesh, row, args.execute))

@@ -85,7 +85,7 @@ def test_tiny_on_4_devices_both_layouts(tmp_path):
             # The state is donated: its outputs are written over its arguments.
             assert b["alias"] == row["state_total_bytes"]
             # Arguments are exactly this device's shard of the state plus its slice of the batch.
-            assert b["argument"] == row["state_total_bytes"] + row["per_device_batch"] * 32 * 32 * 4 * 4
+            assert b["argument"] == row["state_total_bytes"] + row["per_device_batch"] * row["resolution"] ** 2 * 4 * 4
         assert row["train_constant_bytes"] > 0 and row["r1_constant_bytes"] == 0   # the perceptual ResNet
         assert row["peak_bytes"] == max(row["train_total_bytes"], row["r1_total_bytes"])
         assert row["state_total_bytes"] == sum(row[f"state_{k}_bytes"] for k in ("params", "opt", "ema", "other"))
