@@ -135,3 +135,23 @@ def test_fakes_reach_d_in_their_iteration_with_their_own_mask():
     logits_TB = ts._augmented_d_logits(config, models, {}, fake_TBHWC, m0_BHW1,
                                      jax.random.key(0), 0.0)
     np.testing.assert_allclose(logits_TB, value_TB + 100.0 * mask_value_B[None], rtol=1e-6)
+
+
+def test_scaling_doc_tables_are_the_scripts_rendering_of_the_committed_rows(tmp_path, monkeypatch):
+    """docs/SCALING.md's three tables are exactly what `bench/scaling.py --markdown` writes from
+    docs/scaling.jsonl: no hand-edited cell, no row that the JSON lines do not hold."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import scaling as bench_scaling   # bench/scaling.py (psm_jax.scaling is imported as `scaling` above)
+    doc = (REPO / "docs" / "SCALING.md").read_text()
+    rows = bench_scaling._read_rows(REPO / "docs" / "scaling.jsonl")
+    configs = {(r["config"], r["mesh"]) for r in rows if "peak_bytes" in r}
+    for config in ("places512", "places256"):   # issue 25: real rows on at least 3 layouts each
+        assert len({mesh for c, mesh in configs if c == config}) >= 3, (config, configs)
+    # Empty the measured table, so that stale rows cannot survive the rewrite, then let the script rebuild it.
+    begin, end = "<!-- bench:scaling:begin -->", "<!-- bench:scaling:end -->"
+    i, j = doc.index(begin), doc.index(end)
+    copy = tmp_path / "SCALING.md"
+    copy.write_text(doc[:i + len(begin)] + "\n" + doc[j:])
+    monkeypatch.setattr(bench_scaling, "SCALING_MD", copy)
+    bench_scaling.write_markdown(rows)
+    assert copy.read_text() == doc
