@@ -61,7 +61,8 @@ TRAIN_IMAGES = 20_000_000     # Sec. 4.2
 PROJECTION_COLUMNS = ("config", "mesh", "batch", "remat", "accelerator", "fits",
                       *(f"step_s@{m:.0%} (projected)" for m in MFUS),
                       *(f"days/20M@{m:.0%} (projected)" for m in MFUS))
-LARGEST_COLUMNS = ("config", "fsdp", "dtype", "remat", "from_per_device_batches", "gib_per_image", "fixed_gib",
+LARGEST_COLUMNS = ("config", "fsdp", "dtype", "remat", "from_per_device_batches", "train_gib_per_image",
+                   "train_fixed_gib", "r1_gib_per_image", "r1_fixed_gib",
                    *(f"max_per_device_batch_{c}gib" for c in CAPACITIES_GIB))
 
 
@@ -161,7 +162,11 @@ def projections(rows: list[dict]) -> list[dict]:
 
 def largest_batches(rows: list[dict]) -> list[dict]:
     """Largest per-device batch that fits each capacity, extrapolated linearly in the per-device batch from the
-    two most distant per-device batches compiled for the same (config, fsdp, dtype, remat, platform)."""
+    two most distant per-device batches compiled for the same (config, fsdp, dtype, remat, platform).
+
+    The G + D step and the R1 step each get their own line, and a batch fits where both do: with remat on, the
+    G + D step sets the peak at a small batch and the R1 step at a large one, so a line through the peaks
+    alone would mix the two programs and overstate the largest batch."""
     groups: dict[tuple, dict[int, dict]] = {}
     for r in rows:
         if "peak_bytes" in r:
@@ -172,15 +177,21 @@ def largest_batches(rows: list[dict]) -> list[dict]:
         if len(by_b) < 2:
             continue
         b0, b1 = min(by_b), max(by_b)
-        slope = (by_b[b1]["peak_bytes"] - by_b[b0]["peak_bytes"]) / (b1 - b0)
-        fixed = by_b[b0]["peak_bytes"] - slope * b0
-        if slope <= 0:
+        lines = {}
+        for step in ("train", "r1"):
+            if f"{step}_total_bytes" not in by_b[b0] or f"{step}_total_bytes" not in by_b[b1]:
+                continue
+            slope = (by_b[b1][f"{step}_total_bytes"] - by_b[b0][f"{step}_total_bytes"]) / (b1 - b0)
+            lines[step] = (slope, by_b[b0][f"{step}_total_bytes"] - slope * b0)
+        if not lines or any(slope <= 0 for slope, _ in lines.values()):
             continue
         headroom = by_b[b1].get("headroom", 0.9)
         out.append({"config": config, "fsdp": fsdp, "dtype": dtype, "remat": remat,
-                    "from_per_device_batches": f"{b0}, {b1}", "gib_per_image": round(scaling.gib(slope), 2),
-                    "fixed_gib": round(scaling.gib(fixed), 2),
-                    **{f"max_per_device_batch_{c}gib": max(0, int((headroom * c * scaling.GIB - fixed) // slope))
+                    "from_per_device_batches": f"{b0}, {b1}",
+                    **{f"{step}_gib_per_image": round(scaling.gib(slope), 2) for step, (slope, _) in lines.items()},
+                    **{f"{step}_fixed_gib": round(scaling.gib(fixed), 2) for step, (_, fixed) in lines.items()},
+                    **{f"max_per_device_batch_{c}gib": max(0, min(int((headroom * c * scaling.GIB - fixed) // slope)
+                                                                  for slope, fixed in lines.values()))
                        for c in CAPACITIES_GIB}})
     return out
 

@@ -155,3 +155,23 @@ def test_scaling_doc_tables_are_the_scripts_rendering_of_the_committed_rows(tmp_
     monkeypatch.setattr(bench_scaling, "SCALING_MD", copy)
     bench_scaling.write_markdown(rows)
     assert copy.read_text() == doc
+
+
+def test_largest_batch_fits_both_steps_on_their_own_lines(monkeypatch):
+    """With remat on, G + D sets the peak at a small batch and R1 at a large one; the largest batch must
+    respect each step's own line, not one line through the two peaks."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import scaling as bench_scaling
+    gib = scaling.GIB
+
+    def row(b, train_gib, r1_gib):
+        return {"config": "c", "fsdp": 1, "dtype": "bfloat16", "remat": True, "platform": "cpu",
+                "per_device_batch": b, "train_total_bytes": train_gib * gib, "r1_total_bytes": r1_gib * gib,
+                "peak_bytes": max(train_gib, r1_gib) * gib}
+
+    # G + D: 4.5 + 0.1 b GiB; R1: 2.5 + 1.0 b GiB. Peaks 5.0 GiB (b = 1, G + D) and 6.5 GiB (b = 4, R1):
+    # a single line through them (0.5 GiB per image) would allow b = 27 at 16 GiB.
+    (out,) = bench_scaling.largest_batches([row(1, 4.6, 3.5), row(4, 4.9, 6.5)])
+    assert out["train_gib_per_image"] == 0.1 and out["r1_gib_per_image"] == 1.0
+    assert out["max_per_device_batch_16gib"] == int((0.9 * 16 - 2.5) // 1.0)   # R1 limits: 11
+    assert out["max_per_device_batch_141gib"] == int((0.9 * 141 - 2.5) // 1.0)
