@@ -178,9 +178,7 @@ def largest_batches(rows: list[dict]) -> list[dict]:
             continue
         b0, b1 = min(by_b), max(by_b)
         lines = {}
-        for step in ("train", "r1"):
-            if f"{step}_total_bytes" not in by_b[b0] or f"{step}_total_bytes" not in by_b[b1]:
-                continue
+        for step in (s for s in ("train", "r1") if f"{s}_total_bytes" in by_b[b0]):   # no R1 step: no line
             slope = (by_b[b1][f"{step}_total_bytes"] - by_b[b0][f"{step}_total_bytes"]) / (b1 - b0)
             lines[step] = (slope, by_b[b0][f"{step}_total_bytes"] - slope * b0)
         if not lines or any(slope <= 0 for slope, _ in lines.values()):
@@ -305,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         mesh = scaling.make_mesh(data, fsdp, args.platform)
         row = scaling.analyze(config, mesh, steps=steps, keep_compiled=bool(args.execute),
                               plan_only=not (args.execute or args.full_compile))
-        row = {**base, **row, "resolution": config.model.resolution, "T_train": config.spread.train_iters, "r1_interval": config.loss.r1_interval}
+        row = {**base, **row, "resolution": config.model.resolution, "T_train": config.spread.train_iters,
+               "r1_interval": config.loss.r1_interval}
         row.update({f"fits_{c}gib": row["peak_bytes"] <= args.headroom * c * scaling.GIB for c in CAPACITIES_GIB})
         if args.execute:
             row.update(execute_rss(config, mesh, row, args.execute))

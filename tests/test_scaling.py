@@ -137,11 +137,17 @@ def test_fakes_reach_d_in_their_iteration_with_their_own_mask():
     np.testing.assert_allclose(logits_TB, value_TB + 100.0 * mask_value_B[None], rtol=1e-6)
 
 
-def test_scaling_doc_tables_are_the_scripts_rendering_of_the_committed_rows(tmp_path, monkeypatch):
+@pytest.fixture
+def bench_scaling(monkeypatch):
+    """bench/scaling.py as a module (psm_jax.scaling is imported as `scaling` above)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import scaling as module
+    return module
+
+
+def test_scaling_doc_tables_are_the_scripts_rendering_of_the_committed_rows(tmp_path, monkeypatch, bench_scaling):
     """docs/SCALING.md's three tables are exactly what `bench/scaling.py --markdown` writes from
     docs/scaling.jsonl: no hand-edited cell, no row that the JSON lines do not hold."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    import scaling as bench_scaling   # bench/scaling.py (psm_jax.scaling is imported as `scaling` above)
     doc = (REPO / "docs" / "SCALING.md").read_text()
     rows = bench_scaling._read_rows(REPO / "docs" / "scaling.jsonl")
     configs = {(r["config"], r["mesh"]) for r in rows if "peak_bytes" in r}
@@ -157,11 +163,9 @@ def test_scaling_doc_tables_are_the_scripts_rendering_of_the_committed_rows(tmp_
     assert copy.read_text() == doc
 
 
-def test_largest_batch_fits_both_steps_on_their_own_lines(monkeypatch):
+def test_largest_batch_fits_both_steps_on_their_own_lines(bench_scaling):
     """With remat on, G + D sets the peak at a small batch and R1 at a large one; the largest batch must
     respect each step's own line, not one line through the two peaks."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    import scaling as bench_scaling
     gib = scaling.GIB
 
     def row(b, train_gib, r1_gib):
@@ -169,8 +173,8 @@ def test_largest_batch_fits_both_steps_on_their_own_lines(monkeypatch):
                 "per_device_batch": b, "train_total_bytes": train_gib * gib, "r1_total_bytes": r1_gib * gib,
                 "peak_bytes": max(train_gib, r1_gib) * gib}
 
-    # G + D: 4.5 + 0.1 b GiB; R1: 2.5 + 1.0 b GiB. Peaks 5.0 GiB (b = 1, G + D) and 6.5 GiB (b = 4, R1):
-    # a single line through them (0.5 GiB per image) would allow b = 27 at 16 GiB.
+    # G + D: 4.5 + 0.1 b GiB; R1: 2.5 + 1.0 b GiB. Peaks 4.6 GiB (b = 1, G + D) and 6.5 GiB (b = 4, R1):
+    # a single line through them (0.63 GiB per image) would allow b = 16 at 16 GiB.
     (out,) = bench_scaling.largest_batches([row(1, 4.6, 3.5), row(4, 4.9, 6.5)])
     assert out["train_gib_per_image"] == 0.1 and out["r1_gib_per_image"] == 1.0
     assert out["max_per_device_batch_16gib"] == int((0.9 * 16 - 2.5) // 1.0)   # R1 limits: 11
